@@ -1,0 +1,358 @@
+"""Exact integer GEMMs for the CPU: C[M, N] = A[M, K] @ W[N, K].T (W in HF Linear layout, out x in).
+
+Data layout (shapes next to the math):
+    a16    int16 [Mpad, lda]       activations widened once per GEMM (zero point subtracted for
+                                   8-bit inputs), Mpad = ceil(M/4)*4, lda = 2*KP, KP = ceil(K/2) k-pairs;
+                                   padding is zeros, so padded rows/columns add nothing.
+    panels int16 [NP, KP, 32]      weights packed offline: panel j holds output columns 16j..16j+15;
+                                   panels[j, p, 2c + t] = w[16j + c, 2p + t] (zero padded).
+Micro-kernel (npbert/kernels/_simd.py): a 4 x 16 int32 tile, for each k-pair p one 32-bit broadcast
+of (a[r, 2p], a[r, 2p+1]) per row and two 16-lane int16 loads of the panel; a multiply-add of int16
+pairs into int32 (x86: vpmaddwd) then an int32 add into eight accumulators (vpaddd).
+
+Exactness: vpmaddwd multiplies int16 x int16 into exact int32 products and adds adjacent pairs; the
+only case that wraps is both pairs (-32768)*(-32768) = 2 * 2^30 = 2^31, impossible here because one
+operand is a widened int8 (|w| <= 128): a pair sum is at most 2 * 32768 * 128 = 2^23. No saturating
+instruction (vpmaddubsw) is used, so results are identical on every CPU. Accumulator bounds, per
+int32 sum of K products:
+    int8 x int8            |p| <= 2^14      -> K <= 131071 (K_MAX_S8S8)
+    (uint8 - zp) x int8    |p| <= 255 * 128 -> K <= 65793  (K_MAX_U8S8; zp in [0, 255])
+    int16 x int8           |p| <= 2^22      -> int32 only for K <= 511: gemm_s16s8 runs split-K blocks
+                                               of 255 k-pairs (510 k, 510 * 2^22 < 2^31) in int32
+                                               and sums the blocks into int64 (exact, no K limit
+                                               short of 2^41).
+Parallelism: prange over column panels (each thread writes its own 16 columns of C).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from npbert._jit import jit, njit
+from npbert.errors import InputError, QuantError
+from npbert.kernels import _checks as C
+from npbert.kernels._simd import MR, NR, microkernel
+
+__all__ = [
+    "PackedInt8Weight",
+    "pack_int8_weight",
+    "gemm_s8s8",
+    "gemm_u8s8",
+    "gemm_s16s8",
+    "gemm_grouped",
+    "bgemm_s8s8",
+    "bgemm_u8s8",
+    "K_MAX_S8S8",
+    "K_MAX_U8S8",
+]
+
+K_MAX_S8S8 = 131071  # (2^31 - 1) // 2^14
+K_MAX_U8S8 = 65793  # (2^31 - 1) // (255 * 128)
+S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 2139095040 < 2^31
+
+
+# ------------------------------------------------------------------------------------------ packing
+
+
+class PackedInt8Weight:
+    """An int8 weight [N, K] (HF Linear layout) packed for the GEMM kernels, packed once at load time.
+
+    Attributes: n, k; w (the original int8 [N, K], read-only view; used by the reference twins);
+    panels (int16 [NP*KP*32], see the module docstring); row_sums (int32 [N], sum_k w[n, k], for
+    zero-point correction: sum_k (a - z) w = sum_k a w - z * row_sums).
+    """
+
+    __slots__ = ("n", "k", "kp", "w", "panels", "row_sums", "_groups")
+
+    def __init__(self, w: np.ndarray):
+        w = C.array(w, "w", (np.int8,), 2)
+        N, K = w.shape
+        self.n, self.k = int(N), int(K)
+        self.kp = (K + 1) // 2
+        wv = w.view()
+        wv.flags.writeable = False
+        self.w = wv
+        NP = -(-N // NR)
+        buf = np.zeros((NP * NR, 2 * self.kp), dtype=np.int16)  # [Npad, 2*KP]
+        buf[:N, :K] = w
+        # [NP, NR, KP, 2] -> [NP, KP, NR, 2]: panel-major, then k-pair, then column, then pair member
+        self.panels = np.ascontiguousarray(buf.reshape(NP, NR, self.kp, 2).transpose(0, 2, 1, 3)).reshape(-1)
+        self.row_sums = w.sum(axis=1, dtype=np.int64).astype(np.int32)  # |sum| <= 128 K fits int32
+        self._groups = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.k)
+
+    def group_packs(self, bounds: np.ndarray) -> list["PackedInt8Weight"]:
+        """Packed column slices w[:, bounds[g]:bounds[g+1]], one per group, cached per bounds."""
+        key = bounds.tobytes()
+        packs = self._groups.get(key)
+        if packs is None:
+            packs = [PackedInt8Weight(self.w[:, int(bounds[g]) : int(bounds[g + 1])]) for g in range(len(bounds) - 1)]
+            self._groups[key] = packs
+        return packs
+
+    def __repr__(self) -> str:
+        return f"PackedInt8Weight(n={self.n}, k={self.k})"
+
+
+def pack_int8_weight(w) -> PackedInt8Weight:
+    """Pack an int8 [N, K] weight (read-only / non-contiguous / memory-mapped accepted)."""
+    return PackedInt8Weight(w)
+
+
+def _as_packed(w) -> PackedInt8Weight:
+    if isinstance(w, PackedInt8Weight):
+        return w
+    if isinstance(w, np.ndarray):
+        return PackedInt8Weight(w)
+    raise QuantError(f"w: pass an int8 [N, K] array or a PackedInt8Weight, got {type(w).__name__}")
+
+
+# ------------------------------------------------------------------------------------ numba cores
+
+
+@njit
+def _widen_rows(a, r0, r1, c0, c1, zp, out, base, lda):
+    """out[base + (i-r0)*lda + k] = a[i, c0+k] - zp for rows r0..r1-1 (zero padded to lda columns)."""
+    w = c1 - c0
+    for i in range(r0, r1):
+        o = base + (i - r0) * lda
+        for k in range(w):
+            out[o + k] = a[i, c0 + k] - zp
+        for k in range(w, lda):
+            out[o + k] = 0
+
+
+@jit(parallel=True)
+def _widen(a, c0, c1, zp, mpad, lda, out):
+    """a [M, K] int8/uint8/int16 -> out int16 flat [mpad*lda] (rows >= M and columns >= c1-c0 zero)."""
+    M = a.shape[0]
+    for i in prange(mpad):
+        if i < M:
+            _widen_rows(a, i, i + 1, c0, c1, zp, out, i * lda, lda)
+        else:
+            for k in range(lda):
+                out[i * lda + k] = 0
+
+
+@njit
+def _pack_panels(b, kp, out):
+    """b [N, K] int8 -> out int16 flat [NP*kp*2*NR], the PackedInt8Weight.panels layout."""
+    N, K = b.shape
+    NP = (N + NR - 1) // NR
+    for j in range(NP):
+        for p in range(kp):
+            o = (j * kp + p) * 2 * NR
+            for c in range(NR):
+                n = j * NR + c
+                for t in range(2):
+                    k = 2 * p + t
+                    out[o + 2 * c + t] = b[n, k] if (n < N and k < K) else 0
+
+
+@njit
+def _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, tile):
+    """All row tiles of column panel j: out[:, 16j:16j+16] (int32 or int64), k in blocks of kblock pairs."""
+    n0 = j * NR
+    nn = min(NR, n - n0)
+    for i0 in range(0, m, MR):
+        mm = min(MR, m - i0)
+        for p0 in range(0, kp, kblock):
+            npairs = min(kblock, kp - p0)
+            microkernel(a16, i0 * lda + 2 * p0, lda, wp, (j * kp + p0) * 2 * NR, npairs, tile)
+            if p0 == 0:
+                for r in range(mm):
+                    for c in range(nn):
+                        out[i0 + r, n0 + c] = tile[r * NR + c]
+            else:
+                for r in range(mm):
+                    for c in range(nn):
+                        out[i0 + r, n0 + c] += tile[r * NR + c]
+
+
+@jit(parallel=True)
+def _gemm_core(a16, lda, m, wp, kp, n, kblock, out):
+    """out[m, n] = a16[:m] @ W.T over kp k-pairs; a16 int16 flat [Mpad*lda], wp int16 flat [NP*kp*32]."""
+    NP = (n + NR - 1) // NR
+    for j in prange(NP):
+        tile = np.empty(MR * NR, dtype=np.int32)  # [4, 16] per-thread accumulator tile
+        _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, tile)
+
+
+@jit(parallel=True)
+def _bgemm_core(a, zp, b, out):
+    """out[i] = (a[i] - zp) @ b[i].T for each batch i   # a [B, M, K], b [B, N, K] -> out [B, M, N] int32"""
+    B, M, K = a.shape
+    N = b.shape[1]
+    kp = (K + 1) // 2
+    lda = 2 * kp
+    mpad = (M + MR - 1) // MR * MR
+    NP = (N + NR - 1) // NR
+    for i in prange(B):
+        a16 = np.empty(mpad * lda, dtype=np.int16)  # [Mpad, lda] per-batch scratch
+        wp = np.empty(NP * kp * 2 * NR, dtype=np.int16)  # [NP, kp, 32]
+        tile = np.empty(MR * NR, dtype=np.int32)
+        ai = a[i]
+        _widen_rows(ai, 0, M, 0, K, zp, a16, 0, lda)
+        for k in range(M * lda, mpad * lda):
+            a16[k] = 0
+        _pack_panels(b[i], kp, wp)
+        oi = out[i]
+        for j in range(NP):
+            _panel_rows(a16, lda, M, wp, kp, j, N, kp, oi, tile)
+
+
+@jit(parallel=True)
+def _axpy_rows(y, s, acc):
+    """y[m, n] += s * float64(acc[m, n])   # float64 [M, N] += float64 * int [M, N]"""
+    M, N = y.shape
+    for m in prange(M):
+        for n in range(N):
+            y[m, n] += s * np.float64(acc[m, n])
+
+
+# ---------------------------------------------------------------------------------------- wrappers
+
+
+def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dtype, kblock: int | None):
+    """Widen a[:, c0:c1] - zp to int16 and multiply by pw; out [M, N] of out_dtype."""
+    M = a.shape[0]
+    N, kp = pw.n, pw.kp
+    if M == 0 or N == 0 or kp == 0:
+        return np.zeros((M, N), dtype=out_dtype)
+    lda = 2 * kp
+    mpad = -(-M // MR) * MR
+    a16 = np.empty(mpad * lda, dtype=np.int16)
+    _widen(a, c0, c1, zp, mpad, lda, a16)
+    out = np.empty((M, N), dtype=out_dtype)
+    _gemm_core(a16, lda, M, pw.panels, kp, N, kp if kblock is None else kblock, out)
+    return out
+
+
+def _check_mk(a: np.ndarray, pw: PackedInt8Weight, name: str):
+    if a.shape[1] != pw.k:
+        raise InputError(f"{name}: a has K={a.shape[1]} columns but w is [N={pw.n}, K={pw.k}]; pass a [M, {pw.k}]")
+
+
+def _check_k(K: int, kmax: int, what: str):
+    if K > kmax:
+        raise QuantError(
+            f"{what}: K={K} exceeds {kmax}, beyond which the int32 accumulator can overflow; "
+            "split K into blocks (e.g. via gemm_grouped) or use gemm_s16s8 (int64 accumulation)"
+        )
+
+
+def _u8_zp(zp, name="a_zero_point") -> int:
+    zp = C.int_arg(zp, name)
+    if not 0 <= zp <= 255:
+        raise QuantError(f"{name}={zp}: a uint8 zero point must lie in [0, 255]")
+    return zp
+
+
+def gemm_s8s8(a, w) -> np.ndarray:
+    """Exact int8 GEMM: a int8 [M, K], w PackedInt8Weight or int8 [N, K] -> int32 [M, N] = a @ w.T."""
+    pw = _as_packed(w)
+    a = C.as_c(C.array(a, "a", (np.int8,), 2))
+    _check_mk(a, pw, "gemm_s8s8")
+    _check_k(pw.k, K_MAX_S8S8, "gemm_s8s8")
+    return _run(a, 0, 0, pw.k, pw, np.int32, None)
+
+
+def gemm_u8s8(a, a_zero_point: int, w) -> np.ndarray:
+    """Exact uint8 x int8 GEMM: int32 [M, N] = sum_k (a[m, k] - zp) * w[n, k]; zp in [0, 255].
+    The zero point is subtracted while widening a to int16 (exact: a - zp lies in [-255, 255]), which
+    equals the row_sums correction sum_k a w - zp * row_sums without the intermediate."""
+    pw = _as_packed(w)
+    zp = _u8_zp(a_zero_point)
+    a = C.as_c(C.array(a, "a", (np.uint8,), 2))
+    _check_mk(a, pw, "gemm_u8s8")
+    _check_k(pw.k, K_MAX_U8S8, "gemm_u8s8")
+    return _run(a, zp, 0, pw.k, pw, np.int32, None)
+
+
+def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
+    """Exact int16 x int8 GEMM: int64 [M, N] = sum_k (a[m, k] - zp) * w[n, k].
+
+    Split-K: int32 accumulation in blocks of 255 k-pairs (510 products of at most 2^22 each, < 2^31),
+    blocks summed into int64; the zero point is applied in int64 as - zp * row_sums (a - zp may not
+    fit int16). int64 per product would halve the SIMD width for no gain in exactness.
+    """
+    pw = _as_packed(w)
+    zp = C.int_arg(a_zero_point, "a_zero_point")
+    a = C.as_c(C.array(a, "a", (np.int16,), 2))
+    _check_mk(a, pw, "gemm_s16s8")
+    out = _run(a, 0, 0, pw.k, pw, np.int64, S16_BLOCK_PAIRS)
+    if zp != 0:
+        out -= np.int64(zp) * pw.row_sums.astype(np.int64)[None, :]
+    return out
+
+
+def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w) -> np.ndarray:
+    """Per-embedding-group (PEG) GEMM: float32 [M, N] = float32(sum_g float64(scale_g) * float64(acc_g)),
+    g ascending, acc_g = sum_{k in group g} (a[m, k] - zp_g) * w[n, k] exact (int32 for 8-bit a,
+    split-K int64 for int16 a). Groups are contiguous column ranges bounds[g]:bounds[g+1]
+    (int64 [G+1]); zero points int32 [G]; scales float32 [G]. The weight scale is not applied.
+    """
+    pw = _as_packed(w)
+    a = C.as_c(C.array(a, "a", (np.uint8, np.int8, np.int16), 2))
+    _check_mk(a, pw, "gemm_grouped")
+    M, K = a.shape
+    bounds = C.group_bounds(group_bounds, K)
+    G = bounds.size - 1
+    zps = np.asarray(group_zero_points)
+    scales = np.asarray(group_scales, dtype=np.float32)
+    if zps.shape != (G,) or scales.shape != (G,):
+        raise InputError(f"gemm_grouped: zero points and scales must have shape [{G}], got {zps.shape}, {scales.shape}")
+    if not np.all(np.isfinite(scales)):
+        raise QuantError("gemm_grouped: group scales must be finite")
+    packs = pw.group_packs(bounds)
+    y = np.zeros((M, pw.n), dtype=np.float64)  # [M, N] float64 sum over groups
+    for g in range(G):
+        lo, hi = int(bounds[g]), int(bounds[g + 1])
+        zp = C.int_arg(zps[g], "group_zero_points[g]")
+        if a.dtype == np.int16:
+            acc = _run(a, 0, lo, hi, packs[g], np.int64, S16_BLOCK_PAIRS)
+            if zp != 0:
+                acc -= np.int64(zp) * packs[g].row_sums.astype(np.int64)[None, :]
+        else:
+            lo_z, hi_z = (0, 255) if a.dtype == np.uint8 else (-128, 127)
+            if not lo_z <= zp <= hi_z:
+                raise QuantError(f"gemm_grouped: zero point {zp} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
+            _check_k(hi - lo, K_MAX_U8S8, f"gemm_grouped group {g}")
+            acc = _run(a, zp, lo, hi, packs[g], np.int32, None)
+        _axpy_rows(y, np.float64(scales[g]), acc)
+    return y.astype(np.float32)
+
+
+def _check_batched(a, b, name):
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
+        raise InputError(f"{name}: a [B, M, K] = {a.shape} and b [B, N, K] = {b.shape} must agree in B and K")
+
+
+def bgemm_s8s8(a, b) -> np.ndarray:
+    """Batched exact int8 GEMM: a int8 [B, M, K], b int8 [B, N, K] -> int32 [B, M, N] = a @ b^T per batch.
+    For attention: Q K^T (K = head dim) and P V (b = V^T, K = T). prange over B."""
+    a = C.as_c(C.array(a, "a", (np.int8,), 3))
+    b = C.as_c(C.array(b, "b", (np.int8,), 3))
+    _check_batched(a, b, "bgemm_s8s8")
+    _check_k(a.shape[2], K_MAX_S8S8, "bgemm_s8s8")
+    out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=np.int32)
+    if out.size and a.shape[2]:
+        _bgemm_core(a, 0, b, out)
+    return out
+
+
+def bgemm_u8s8(a, a_zero_point: int, b) -> np.ndarray:
+    """Batched uint8 x int8 GEMM: int32 [B, M, N] = sum_k (a[i, m, k] - zp) * b[i, n, k]; zp in [0, 255]."""
+    zp = _u8_zp(a_zero_point)
+    a = C.as_c(C.array(a, "a", (np.uint8,), 3))
+    b = C.as_c(C.array(b, "b", (np.int8,), 3))
+    _check_batched(a, b, "bgemm_u8s8")
+    _check_k(a.shape[2], K_MAX_U8S8, "bgemm_u8s8")
+    out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=np.int32)
+    if out.size and a.shape[2]:
+        _bgemm_core(a, zp, b, out)
+    return out

@@ -1,0 +1,324 @@
+"""Quantize / requantize kernels: dynamic (per segment, abs-max or TM-IQR), static, per-group static,
+requantize of accumulators, and the integer residual add.
+
+Rounding everywhere is half-to-even (np.rint / llvm.rint), clamps are to [qmin, qmax].
+Division convention (bit-exactness with reference.py): quantizers compute float32(x) / float32(scale)
+(a correctly rounded IEEE division, 8 lanes per AVX2 op), never x * (1/scale) (two roundings).
+Requantize and add_requant work in float64 (accumulators up to 2^53 convert exactly).
+
+Non-finite detection is fused into the pass that already reads the data: the float32 bit pattern with
+the sign masked off, compared as an int32, orders |x| for every non-NaN value, and is >= 0x7F800000
+exactly for Inf and NaN. One vectorisable integer max per row gives both the abs-max and the check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from npbert._jit import jit, njit
+from npbert.errors import InputError, QuantError
+from npbert.kernels import _checks as C
+from npbert.kernels.selection import _tmiqr_inplace
+
+__all__ = ["quantize_dynamic", "quantize_static", "quantize_static_grouped", "requantize", "add_requant"]
+
+_ABS_MASK = 0x7FFFFFFF
+_EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
+_CHUNK = 1 << 14  # elements per parallel chunk of the flat kernels
+
+
+def _raise_nonfinite(x: np.ndarray, row: int, what: str):
+    v = x[row]
+    kind = "NaN" if np.isnan(v).any() else "Inf"
+    raise InputError(f"{what}: {kind} in row {row}; the activations are not finite (check the layer before)")
+
+
+# ------------------------------------------------------------------------------------------ dynamic
+
+
+@jit(parallel=True)
+def _row_absmax_bits(xi, out):
+    """out[m] = max_k (bits(x[m, k]) & 0x7FFFFFFF)   # xi int32 [M, K] (x's bits) -> out int32 [M]"""
+    M, K = xi.shape
+    for m in prange(M):
+        mb = 0
+        for k in range(K):
+            b = xi[m, k] & _ABS_MASK
+            mb = b if b > mb else mb
+        out[m] = mb
+
+
+@njit
+def _segment_stats(row_abs, row_bits, seg, valid, tmiqr, qmax, scales, thresholds):
+    """Per segment s (rows seg[s]:seg[s+1]): abs-max over VALID rows, optional TM-IQR threshold, scale.
+    Returns -1, or the first valid row holding NaN/Inf (the wrapper raises). Serial: S small steps."""
+    S = seg.shape[0] - 1
+    buf = np.empty(row_abs.shape[0], dtype=np.float32)  # [L] per-token abs-max of one segment
+    for s in range(S):
+        L = 0
+        amax = np.float32(0.0)
+        for m in range(seg[s], seg[s + 1]):
+            if valid[m]:
+                if row_bits[m] >= _EXP_ALL_ONES:
+                    return m
+                buf[L] = row_abs[m]
+                L += 1
+                if row_abs[m] > amax:
+                    amax = row_abs[m]
+        t = amax
+        if tmiqr and L > 0:
+            tt = _tmiqr_inplace(buf[:L])
+            if tt < t:  # cap at the abs-max: clipping above the max changes nothing but the scale
+                t = tt
+        thresholds[s] = t
+        # t == 0: every valid value is 0 (or TM-IQR clips all to 0); any scale represents that, and
+        # 1.0 keeps later dequantize / requant multipliers finite (no 0 division, no 0 scale).
+        scales[s] = t / np.float32(qmax) if t > 0 else np.float32(1.0)
+    return -1
+
+
+@jit(parallel=True)
+def _quantize_rows(x, row_seg, scales, thresholds, qmax, q):
+    """q[m, k] = clamp(rint(clip(x[m, k], -t, t) / scale), -qmax, qmax), t/scale of row m's segment.
+    NaN (possible only in padding rows, which are excluded from the checks) quantizes to 0."""
+    M, K = x.shape
+    fq = np.float32(qmax)
+    for m in prange(M):
+        s = row_seg[m]
+        sc = scales[s]
+        t = thresholds[s]
+        nt = -t
+        for k in range(K):
+            v = x[m, k]
+            c = t if v > t else v
+            c = nt if c < nt else c
+            r = np.rint(c / sc)
+            r = fq if r > fq else r
+            r = -fq if r < -fq else r
+            q[m, k] = int(r) if r == r else 0
+
+
+def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False):
+    """Symmetric signed dynamic quantization with one scale per segment of rows.
+
+    x: float32 [M, K]; seg_starts: int64 [S+1] (0 = seg_starts[0] <= ... <= seg_starts[S] = M; segment
+    s is rows seg_starts[s]:seg_starts[s+1], e.g. one sequence's tokens; per-tensor = [0, M],
+    per-token = arange(M+1)); row_valid: bool [M] or None (False = padding: excluded from the
+    statistics and the NaN/Inf check, still quantized and clamped).
+    Threshold t per segment: abs-max over valid rows, or with tmiqr=True the TM-IQR threshold
+    Q3 + 1.5 (Q3 - Q1) of the valid per-token abs-maxes, capped at the abs-max. Then
+    scale = t / qmax (float32), q = clamp(rint(clip(x, -t, t) / scale), -qmax, qmax), qmax = 2^(bits-1) - 1.
+    A segment with t == 0 gets scale 1.0 (all its values quantize to 0 whatever the scale; 1.0 keeps
+    dequantization and requant multipliers finite).
+
+    Returns (q int8 [M, K] for bits <= 8 else int16, scales float32 [S], thresholds float32 [S]).
+    Raises QuantError for bits outside 2..16, InputError for NaN/Inf in a valid row or bad shapes.
+    """
+    bits = C.int_arg(bits, "bits")
+    if not 2 <= bits <= 16:
+        raise QuantError(f"bits={bits}: dynamic quantization supports 2..16 bits")
+    x = C.as_c(C.array(x, "x", (np.float32,), 2))
+    M, K = x.shape
+    seg = np.asarray(seg_starts)
+    if seg.ndim != 1 or seg.size < 1 or not np.issubdtype(seg.dtype, np.integer):
+        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
+    seg = np.ascontiguousarray(seg, dtype=np.int64)
+    if seg[0] != 0 or seg[-1] != M or np.any(np.diff(seg) < 0):
+        raise InputError(f"seg_starts must start at 0, end at M={M} and not decrease; got {seg.tolist()[:8]}...")
+    if row_valid is None:
+        valid = np.ones(M, dtype=np.bool_)
+    else:
+        valid = np.ascontiguousarray(row_valid, dtype=np.bool_)
+        if valid.shape != (M,):
+            raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
+    qmax = (1 << (bits - 1)) - 1
+    S = seg.size - 1
+
+    row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
+    _row_absmax_bits(x.view(np.int32), row_bits)
+    scales = np.empty(S, dtype=np.float32)
+    thresholds = np.empty(S, dtype=np.float32)
+    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, bool(tmiqr), qmax, scales, thresholds)
+    if bad >= 0:
+        _raise_nonfinite(x, int(bad), "quantize_dynamic")
+    row_seg = np.repeat(np.arange(S, dtype=np.int64), np.diff(seg))  # [M] segment of each row
+    q = np.empty((M, K), dtype=np.int8 if bits <= 8 else np.int16)
+    _quantize_rows(x, row_seg, scales, thresholds, qmax, q)
+    return q, scales, thresholds
+
+
+# ------------------------------------------------------------------------------------------- static
+
+
+@jit(parallel=True)
+def _quantize_flat(x, xi, scale, lo, hi, zp, out, bad):
+    """out[i] = clamp(rint(x[i] / scale), lo, hi) + zp with lo = qmin - zp, hi = qmax - zp (float32, exact
+    for |bounds| < 2^24), chunked: bad[c] = 1 if chunk c holds NaN/Inf.   # x [n] -> out [n]"""
+    n = x.shape[0]
+    for c in prange(bad.shape[0]):
+        mb = 0
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            b = xi[i] & _ABS_MASK
+            mb = b if b > mb else mb
+            r = np.rint(x[i] / scale)
+            r = hi if r > hi else r
+            r = lo if r < lo else r
+            out[i] = int(r) + zp if r == r else zp
+        bad[c] = 1 if mb >= _EXP_ALL_ONES else 0
+
+
+def _static_args(qmin, qmax, out_dtype, zero_point):
+    dt, qmin, qmax = C.out_range(out_dtype, qmin, qmax, allowed=(np.int8, np.uint8, np.int16, np.uint16))
+    zp = C.int_arg(zero_point, "zero_point")
+    if not qmin <= zp <= qmax:
+        raise QuantError(f"zero_point={zp} must lie in [qmin, qmax] = [{qmin}, {qmax}]")
+    return dt, qmin, qmax, zp
+
+
+def quantize_static(x, scale: float, zero_point: int, qmin: int, qmax: int, out_dtype):
+    """q = clamp(rint(x / scale) + zero_point, qmin, qmax) for float32 x of any shape.
+
+    The division is float32(x) / float32(scale) (not x * (1/scale)); reference.quantize_static_ref
+    does the same. out_dtype: int8, uint8, int16 or uint16. NaN/Inf in x -> InputError.
+    """
+    x = C.array(x, "x", (np.float32,))
+    s = np.float32(C.pos_scale(scale, "scale"))
+    if not (np.isfinite(s) and s > 0):
+        raise QuantError(f"scale={scale!r} is not a positive finite float32")
+    dt, qmin, qmax, zp = _static_args(qmin, qmax, out_dtype, zero_point)
+    xf = C.as_c(x).reshape(-1)
+    out = np.empty(xf.shape, dtype=dt)
+    bad = np.zeros(max(1, -(-xf.size // _CHUNK)), dtype=np.uint8)
+    _quantize_flat(xf, xf.view(np.int32), s, np.float32(qmin - zp), np.float32(qmax - zp), zp, out, bad)
+    if bad.any():
+        raise InputError("quantize_static: NaN or Inf in the tensor to quantize; the activations are not finite")
+    return out.reshape(x.shape)
+
+
+@jit(parallel=True)
+def _quantize_grouped_rows(x, xi, bounds, scales, lo, hi, zps, out, bad):
+    """Per row m, per group g (columns bounds[g]:bounds[g+1]): as _quantize_flat with scale/zp of g."""
+    M, K = x.shape
+    G = bounds.shape[0] - 1
+    for m in prange(M):
+        mb = 0
+        for g in range(G):
+            sc = scales[g]
+            zp = zps[g]
+            lg = lo[g]
+            hg = hi[g]
+            for k in range(bounds[g], bounds[g + 1]):
+                b = xi[m, k] & _ABS_MASK
+                mb = b if b > mb else mb
+                r = np.rint(x[m, k] / sc)
+                r = hg if r > hg else r
+                r = lg if r < lg else r
+                out[m, k] = int(r) + zp if r == r else zp
+        bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
+
+
+def quantize_static_grouped(x, group_bounds, scales, zero_points, qmin: int, qmax: int, out_dtype):
+    """Per-embedding-group static quantization along K: x float32 [M, K]; group g = columns
+    group_bounds[g]:group_bounds[g+1] (int64 [G+1]) uses scales[g] (float32 [G]) and zero_points[g]
+    (int32 [G]). Same rounding/division convention as quantize_static."""
+    x = C.as_c(C.array(x, "x", (np.float32,), 2))
+    M, K = x.shape
+    b = C.group_bounds(group_bounds, K)
+    G = b.size - 1
+    sc = np.ascontiguousarray(scales, dtype=np.float32)
+    zps = np.asarray(zero_points)
+    if sc.shape != (G,) or zps.shape != (G,):
+        raise InputError(f"scales and zero_points must have shape [{G}] (one per group), got {sc.shape}, {zps.shape}")
+    if not (np.all(np.isfinite(sc)) and np.all(sc > 0)):
+        raise QuantError("scales must be finite and positive")
+    dt, qmin, qmax = C.out_range(out_dtype, qmin, qmax, allowed=(np.int8, np.uint8, np.int16, np.uint16))
+    zps = zps.astype(np.int64)
+    if np.any(zps < qmin) or np.any(zps > qmax):
+        raise QuantError(f"zero_points must lie in [qmin, qmax] = [{qmin}, {qmax}]")
+    lo = (qmin - zps).astype(np.float32)
+    hi = (qmax - zps).astype(np.float32)
+    out = np.empty((M, K), dtype=dt)
+    bad = np.zeros(M, dtype=np.uint8)
+    _quantize_grouped_rows(x, x.view(np.int32), b, sc, lo, hi, zps, out, bad)
+    if bad.any():
+        raise InputError(f"quantize_static_grouped: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
+    return out
+
+
+# ------------------------------------------------------------------------------------- requantize
+
+
+@jit(parallel=True)
+def _requant_rows(acc, mult, zp, qmin, qmax, out):
+    """out[m, n] = clamp(rint(float64(acc[m, n]) * mult[n]) + zp, qmin, qmax)   # [M, N] -> [M, N]"""
+    M, N = acc.shape
+    for m in prange(M):
+        for n in range(N):
+            r = np.rint(np.float64(acc[m, n]) * mult[n]) + zp
+            r = qmax if r > qmax else r
+            r = qmin if r < qmin else r
+            out[m, n] = int(r)
+
+
+def requantize(acc, multiplier, out_zero_point: int, qmin: int, qmax: int, out_dtype):
+    """q = clamp(rint(acc * multiplier) + out_zero_point, qmin, qmax), in float64.
+
+    acc: int32 or int64 [M, N]; multiplier: float64 scalar or [N] (per output channel), e.g.
+    a_scale * w_scale / out_scale. out_dtype: int8, uint8, int16, uint16 or int32.
+    """
+    acc = C.as_c(C.array(acc, "acc", (np.int32, np.int64), 2))
+    M, N = acc.shape
+    mult = np.asarray(multiplier, dtype=np.float64)
+    if mult.ndim == 0:
+        mult = np.full(N, float(mult), dtype=np.float64)
+    if mult.shape != (N,):
+        raise InputError(f"multiplier: pass a scalar or a float64 [{N}] array, got shape {mult.shape}")
+    if not np.all(np.isfinite(mult)):
+        raise QuantError("multiplier must be finite")
+    dt, qmin, qmax = C.out_range(out_dtype, qmin, qmax)
+    zp = C.int_arg(out_zero_point, "out_zero_point")
+    out = np.empty((M, N), dtype=dt)
+    _requant_rows(acc, np.ascontiguousarray(mult), np.float64(zp), np.float64(qmin), np.float64(qmax), out)
+    return out
+
+
+@jit(parallel=True)
+def _add_requant_flat(a, b, a_zp, ra, b_zp, rb, zp, qmin, qmax, out):
+    """out[i] = clamp(rint((a[i] - a_zp) * ra + (b[i] - b_zp) * rb) + zp, qmin, qmax), float64."""
+    n = a.shape[0]
+    nch = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(nch):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            va = (np.float64(a[i]) - a_zp) * ra
+            vb = (np.float64(b[i]) - b_zp) * rb
+            r = np.rint(va + vb) + zp
+            r = qmax if r > qmax else r
+            r = qmin if r < qmin else r
+            out[i] = int(r)
+
+
+def add_requant(a, a_scale, a_zp, b, b_scale, b_zp, out_scale, out_zp, qmin, qmax, out_dtype):
+    """Integer residual add: out = clamp(rint((a - a_zp) * a_scale/out_scale + (b - b_zp) * b_scale/out_scale)
+    + out_zp, qmin, qmax), each rescale in float64 (ratios computed once, in float64).
+
+    a, b: same shape, int8 / uint8 / int16 each. With all scales equal the ratios are exactly 1.0 and
+    every step is exact, so the result is the saturating integer sum clamp(a - a_zp + b - b_zp + out_zp).
+    """
+    a = C.array(a, "a", (np.int8, np.uint8, np.int16))
+    b = C.array(b, "b", (np.int8, np.uint8, np.int16))
+    if a.shape != b.shape:
+        raise InputError(f"add_requant: a {a.shape} and b {b.shape} must have the same shape")
+    ra = C.pos_scale(a_scale, "a_scale") / C.pos_scale(out_scale, "out_scale")
+    rb = C.pos_scale(b_scale, "b_scale") / float(out_scale)
+    dt, qmin, qmax = C.out_range(out_dtype, qmin, qmax)
+    af = C.as_c(a).reshape(-1)
+    bf = C.as_c(b).reshape(-1)
+    out = np.empty(af.shape, dtype=dt)
+    _add_requant_flat(
+        af, bf,
+        np.float64(C.int_arg(a_zp, "a_zp")), ra,
+        np.float64(C.int_arg(b_zp, "b_zp")), rb,
+        np.float64(C.int_arg(out_zp, "out_zp")), np.float64(qmin), np.float64(qmax), out,
+    )
+    return out.reshape(a.shape)
