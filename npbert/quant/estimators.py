@@ -176,8 +176,8 @@ class MinMax(RangeEstimator):
 class RunningMinMax(RangeEstimator):
     """EMA of batch min / max: new = momentum * old + (1 - momentum) * batch; first batch initialises.
 
-    Kept in float64 and computed as old + (1 - momentum) * (batch - old): algebraically the same, and
-    it never leaves [min(old, batch), max(old, batch)] (0.9*a + 0.1*a can round away from a).
+    Kept in float64 and clipped to [min(old, batch), max(old, batch)], where the exact value lies
+    (rounding may push 0.9*a + 0.1*a one ulp away from a).
     """
 
     name = "running_minmax"
@@ -196,9 +196,14 @@ class RunningMinMax(RangeEstimator):
         if self._lo is None:
             self._lo, self._hi = lo, hi
         else:
-            w = 1.0 - self.momentum
-            self._lo = self._lo + w * (lo - self._lo)
-            self._hi = self._hi + w * (hi - self._hi)
+            self._lo = self._ema(self._lo, lo)
+            self._hi = self._ema(self._hi, hi)
+
+    def _ema(self, old, new):
+        m = self.momentum
+        v = m * old + (1.0 - m) * new
+        # a convex combination may round one ulp past its end points (0.9*a + 0.1*a != a); clip back
+        return np.clip(v, np.minimum(old, new), np.maximum(old, new))
 
     def _range(self):
         return self._lo, self._hi
@@ -269,7 +274,8 @@ class MSE(_SampleEstimator):
 
     Candidates (all inside the all-time [lo, hi], and alpha = 1 gives exactly [lo, hi]):
       symmetric:  a = alpha * max(|lo|, |hi|), range (max(lo, -a), min(hi, a))  (the symmetric grid
-                  depends only on max(|.|) = a, and lo >= 0 data keeps its unsigned grid);
+                  depends only on max(|.|) = a, and lo >= 0 data keeps its unsigned grid; a channel
+                  whose values all exceed a in magnitude has no such sub-range and keeps (lo, hi));
       asymmetric: width w = alpha * (hi - lo), offset beta: range (lo + beta * (hi - lo - w), + w).
     alpha in linspace(1/n_grid, 1, n_grid), beta in linspace(0, 1, n_offsets). Ties keep the widest
     candidate. Cost: n_grid (* n_offsets) fake-quant passes over the reservoir per range() call.
@@ -292,7 +298,11 @@ class MSE(_SampleEstimator):
             absmax = np.maximum(np.abs(lo.astype(np.float64)), np.abs(hi.astype(np.float64)))
             for al in alphas:
                 a = np.float32(al) * absmax if al != 1.0 else absmax
-                yield (np.maximum(lo, -a).astype(np.float32), np.minimum(hi, a).astype(np.float32))
+                clo, chi = np.maximum(lo, -a).astype(np.float32), np.minimum(hi, a).astype(np.float32)
+                # a below every |value| of a one-signed channel has no sub-range of [lo, hi]:
+                # fall back to (lo, hi) there, which never beats the first (min-max) candidate
+                bad = clo > chi
+                yield np.where(bad, lo, clo), np.where(bad, hi, chi)
         else:
             lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
             betas = np.linspace(0.0, 1.0, self.n_offsets) if self.n_offsets > 1 else np.zeros(1)
