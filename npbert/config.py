@@ -119,6 +119,19 @@ class BertConfig:
                 f"{source}: position_embedding_type {self.position_embedding_type!r} is not supported "
                 "(only 'absolute' for BERT/RoBERTa); use a checkpoint with absolute position embeddings"
             )
+        if self.family == "mpnet":
+            # HF's MPNet hard-codes both, whatever config.json says: MPNetEmbeddings(padding_idx=1) and
+            # MPNetEncoder.compute_position_bias(num_buckets=32). Another value would mean another model.
+            if self.pad_token_id != 1:
+                raise UnsupportedModelError(
+                    f"{source}: MPNet with pad_token_id {self.pad_token_id} is not supported; HF MPNet numbers "
+                    "positions from padding_idx 1 regardless, so set pad_token_id to 1 (and pad with id 1)"
+                )
+            if self.relative_attention_num_buckets < 32:
+                raise UnsupportedModelError(
+                    f"{source}: MPNet relative_attention_num_buckets {self.relative_attention_num_buckets} < 32; "
+                    "HF MPNet always buckets relative positions into 32, so the table needs at least 32 rows"
+                )
         if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
             raise UnsupportedModelError(f"{source}: hidden_act {self.hidden_act!r} is not supported")
         if self.architecture not in HEADS:

@@ -203,21 +203,29 @@ def position_ids(cfg: BertConfig, input_ids: np.ndarray) -> np.ndarray:
 
 
 def relative_position_bucket(relative_position: np.ndarray, num_buckets: int, max_distance: int = 128) -> np.ndarray:
-    """MPNet / T5 bidirectional buckets: half for each sign, exact below num_buckets/4, log-spaced above."""
+    """MPNet / T5 bidirectional buckets: half for each sign, exact below num_buckets/4, log-spaced above.
+
+    [...] int key - query -> [...] int64 bucket. The log is taken in float32 with a float32 divisor,
+    as HF's torch code computes it (a float64 divisor could round a boundary distance differently).
+    """
     n = -relative_position
     num_buckets //= 2
     ret = (n < 0).astype(np.int64) * num_buckets
     n = np.abs(n)
     max_exact = num_buckets // 2
     is_small = n < max_exact
-    with np.errstate(divide="ignore"):
-        large = max_exact + (
-            np.log(np.maximum(n, 1).astype(np.float32) / max_exact)
-            / np.log(max_distance / max_exact)
-            * (num_buckets - max_exact)
-        ).astype(np.int64)
+    large = max_exact + (
+        np.log(np.maximum(n, 1).astype(np.float32) / np.float32(max_exact))  # n = 0 is small: never used
+        / np.float32(np.log(max_distance / max_exact))
+        * np.float32(num_buckets - max_exact)
+    ).astype(np.int64)
     large = np.minimum(large, num_buckets - 1)
     return ret + np.where(is_small, n, large)
+
+
+# HF's MPNetEncoder.compute_position_bias buckets with its default num_buckets=32 whatever config.json
+# says; the table may be larger (rows >= 32 unused), never smaller (BertConfig.validate checks).
+MPNET_POSITION_BUCKETS = 32
 
 
 def attention_bias(params: dict, cfg: BertConfig, attention_mask: np.ndarray) -> np.ndarray:
@@ -227,7 +235,7 @@ def attention_bias(params: dict, cfg: BertConfig, attention_mask: np.ndarray) ->
         T = attention_mask.shape[1]
         pos = np.arange(T, dtype=np.int64)
         rel = pos[None, :] - pos[:, None]  # [T, T] key - query
-        buckets = relative_position_bucket(rel, cfg.relative_attention_num_buckets)
+        buckets = relative_position_bucket(rel, MPNET_POSITION_BUCKETS)  # [T, T]
         rel_bias = params["encoder.relative_attention_bias.weight"][buckets]  # [T, T, h]
         bias = bias + rel_bias.transpose(2, 0, 1)[None]  # [B, h, T, T]
     return bias
