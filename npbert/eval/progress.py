@@ -17,7 +17,9 @@ import time
 from typing import TextIO
 
 
-def _auto(stream: TextIO) -> bool:
+def progress_enabled(stream: TextIO | None = None) -> bool:
+    """The automatic decision: NPBERT_PROGRESS if set, else whether `stream` (stderr) is a terminal."""
+    stream = sys.stderr if stream is None else stream
     env = os.environ.get("NPBERT_PROGRESS", "").strip().lower()
     if env in ("1", "true", "yes", "always"):
         return True
@@ -50,7 +52,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.total = max(int(total), 0)
         self.desc = desc
-        self.enabled = _auto(self.stream) if enabled is None else bool(enabled)
+        self.enabled = progress_enabled(self.stream) if enabled is None else bool(enabled)
         self.width = width
         self.interval = interval
         self.unit = unit

@@ -25,9 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from npbert.errors import CalibrationError, InputError, NpbertError, NpbertWarning, UnsupportedModelError
+from npbert.errors import CalibrationError, InputError, NpbertError, NpbertWarning, QuantError, UnsupportedModelError
 from npbert.eval.metrics import METRICS
-from npbert.eval.progress import Progress
+from npbert.eval.progress import Progress, progress_enabled
 from npbert.eval.tasks import Examples, Task, get_task, load_split, split_path
 
 __all__ = ["evaluate", "parse_recipes", "calibration_sample", "score"]
@@ -251,10 +251,17 @@ def evaluate(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     quantized = [r for r in recipes if r != FP32]
-    if quantized:
-        if calib_size < 1:
-            raise InputError(f"calib_size must be >= 1, got {calib_size}")
-        quantize_model, qmodel = _quantize_api()  # fail before any slow work
+    calibration = None
+    if quantized:  # everything that can fail does so before the slow work
+        quantize_model, qmodel = _quantize_api()
+        reg = getattr(qmodel, "RECIPES", None)
+        unknown = [r for r in quantized if isinstance(reg, dict) and r not in reg]
+        if unknown:
+            raise QuantError(f"unknown recipe(s) {unknown}; valid: {', '.join([FP32, *reg])}")
+        if any(_needs_calibration(qmodel, r) for r in quantized):
+            if calib_size < 1:
+                raise InputError(f"calib_size must be >= 1, got {calib_size}")
+            calibration = _calibration(t, data_dir, split, calib_split, calib_size, seed)
 
     ex = load_split(t, data_dir, split)
     scored_path = Path(ex.source)
@@ -297,19 +304,18 @@ def evaluate(
             stacklevel=2,
         )
 
-    calibration = None
+    if calibration is not None:
+        extras["calibration"] = calibration[2]
+        # never calibrate on the scored split (checked by name in _calibration, here by file)
+        assert Path(calibration[2]["data"]).resolve() != scored_path.resolve(), "calibrating on the scored split"
+    # quantize_model's own progress (calibration) takes a plain bool
+    q_progress = show if show is not None else progress_enabled()
     for recipe in recipes:
         m = model
         if recipe != FP32:
-            if _needs_calibration(qmodel, recipe):
-                if calibration is None:
-                    calibration = _calibration(t, data_dir, split, scored_path, calib_split, calib_size, seed)
-                    extras["calibration"] = calibration[2]
-                calib = calibration[:2]
-            else:
-                calib = None
+            calib = calibration[:2] if calibration is not None and _needs_calibration(qmodel, recipe) else None
             tq = time.perf_counter()
-            m = quantize_model(model, recipe, calibration=calib, progress=show is not False)
+            m = quantize_model(model, recipe, calibration=calib, progress=q_progress)
             seconds[f"{recipe}.quantize"] = time.perf_counter() - tq
         tp = time.perf_counter()
         with Progress(n_inputs, desc=f"{t.name} {split} {recipe}", enabled=show) as bar:
@@ -323,18 +329,17 @@ def evaluate(
     return result
 
 
-def _calibration(t: Task, data_dir, split: str, scored_path: Path, calib_split: str, calib_size: int, seed: int):
-    """-> (texts, pairs | None, description). Refuses the scored split."""
+def _calibration(t: Task, data_dir, split: str, calib_split: str, calib_size: int, seed: int):
+    """-> (texts, pairs | None, description) sampled from calib_split. Refuses the scored split."""
     if calib_split == split:
         raise CalibrationError(
             f"calibration split {calib_split!r} is the split being scored; calibrate on another split "
             "(--calib-split train) so the scores are not fitted to the test data"
         )
     cal_path = split_path(t, data_dir, calib_split)
-    if cal_path.resolve() == scored_path.resolve():
+    if cal_path.resolve() == split_path(t, data_dir, split).resolve():
         raise CalibrationError(f"{cal_path}: the calibration file is the scored file; pick another --calib-split")
     cal = load_split(t, data_dir, calib_split)
     texts, pairs = calibration_sample(t, cal, calib_size, seed)
-    assert Path(cal.source).resolve() != scored_path.resolve()  # never calibrate on the scored split
     desc = {"split": calib_split, "size": len(texts), "requested": int(calib_size), "seed": int(seed), "data": cal.source}
     return texts, pairs, desc

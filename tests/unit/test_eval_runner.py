@@ -205,6 +205,20 @@ def test_never_calibrates_on_the_scored_split(tmp_path, fake_qmodel):
     assert fake_qmodel == []
 
 
+def test_recipe_and_calibration_errors_come_before_any_scoring(tmp_path, fake_qmodel):
+    from npbert.errors import DataError, QuantError
+
+    m = _sst2_dirs(tmp_path)
+    with pytest.raises(QuantError, match=r"unknown recipe\(s\) \['w4'\]; valid: fp32, dynamic"):
+        evaluate(m, "sst2", tmp_path, recipes="fp32,w4", progress=False)
+    (tmp_path / "train.tsv").unlink()  # like QNLI: no train split to calibrate on
+    with pytest.raises(DataError, match=r"train\.tsv: split 'train' .* not found; available splits .*\['dev'\]"):
+        evaluate(m, "sst2", tmp_path, recipes="fp32,w8a8", progress=False)
+    assert m.calls == 0 and fake_qmodel == []
+    r = evaluate(m, "sst2", tmp_path, recipes="fp32,dynamic", progress=False)  # dynamic needs no train split
+    assert "calibration" not in r and r["results"]["dynamic"] == {"accuracy": 100.0}
+
+
 def test_calibration_sample_small_split_and_similarity():
     t = TASKS["sick-sim"]
     from npbert.eval.tasks import Examples
