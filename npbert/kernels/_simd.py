@@ -33,4 +33,86 @@ def microkernel_numba(a16, a_off, lda, wp, w_off, npairs, tile):
 
 
 
-microkernel = microkernel_numba
+
+
+
+# ------------------------------------------------------------------------------ the LLVM-IR kernel
+#
+# Written as a numba intrinsic so the inner loop is exactly the IR below: per k-pair p,
+#     w_lo, w_hi = load <16 x i16> panel[p, 0:16], panel[p, 16:32]    (columns 0-7, 8-15, as pairs)
+#     for each of the 4 rows r:
+#         b = splat<8 x i32>(load i32 a16[r, 2p:2p+2]) as <16 x i16>      (vpbroadcastd)
+#         prod = sext(b) * sext(w) as <16 x i32>;  s = prod[even] + prod[odd]   (-> vpmaddwd)
+#         acc[r, half] += s                                                  (-> vpaddd)
+# The sext/mul/even-odd-shuffle/add form is plain portable IR (any LLVM target computes the same
+# int32 values); the x86 backend matches it to vpmaddwd, which is exact for these operands (see
+# gemm.py). Eight <8 x i32> accumulators live in registers (allocas promoted by SROA).
+
+from llvmlite import ir  # noqa: E402
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+
+def _is_flat(t, dtype) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == dtype
+
+
+@intrinsic
+def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, tile):
+    if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int16) and _is_flat(tile, types.int32)):
+        return None
+    sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, tile)
+
+    def codegen(context, builder, signature, args):
+        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        t_arr = context.make_array(signature.args[6])(context, builder, args[6])
+        a_off_v, lda_v, w_off_v, npairs_v = args[1], args[2], args[4], args[5]
+        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+        even = ir.Constant(v8i32, list(range(0, 16, 2)))
+        odd = ir.Constant(v8i32, list(range(1, 16, 2)))
+        splat0 = ir.Constant(v8i32, [0] * 8)
+        undef8 = ir.Constant(v8i32, ir.Undefined)
+        i16p = i16.as_pointer()
+
+        a_base = builder.gep(builder.bitcast(a_arr.data, i16p), [a_off_v])
+        w_base = builder.gep(builder.bitcast(w_arr.data, i16p), [w_off_v])
+        rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
+
+        with cgutils.for_range(builder, npairs_v) as loop:
+            p = loop.index
+            wp_p = builder.gep(w_base, [builder.mul(p, ir.Constant(i64, 2 * NR))])
+            w_lo = builder.load(builder.bitcast(wp_p, v16i16.as_pointer()), align=2)
+            w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16i16.as_pointer()), align=2)
+            w32 = (builder.sext(w_lo, v16i32), builder.sext(w_hi, v16i32))
+            p2 = builder.shl(p, ir.Constant(i64, 1))
+            for r in range(MR):
+                pair = builder.load(builder.bitcast(builder.gep(rows[r], [p2]), i32.as_pointer()), align=2)
+                b = builder.shuffle_vector(builder.insert_element(undef8, pair, ir.Constant(i32, 0)), undef8, splat0)
+                b32 = builder.sext(builder.bitcast(b, v16i16), v16i32)
+                for h in range(2):
+                    prod = builder.mul(b32, w32[h])
+                    s = builder.add(builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd))
+                    acc = accs[2 * r + h]
+                    builder.store(builder.add(builder.load(acc), s), acc)
+
+        t_base = builder.bitcast(t_arr.data, i32.as_pointer())
+        for r in range(MR):
+            for h in range(2):
+                dst = builder.bitcast(builder.gep(t_base, [ir.Constant(i64, r * NR + 8 * h)]), v8i32.as_pointer())
+                builder.store(builder.load(accs[2 * r + h]), dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def microkernel_ir(a16, a_off, lda, wp, w_off, npairs, tile):
+    """The SIMD micro-kernel (same contract as microkernel_numba)."""
+    _microkernel_ir(a16, a_off, lda, wp, w_off, npairs, tile)
+
+
+microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as its tested twin

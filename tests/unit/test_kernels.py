@@ -1,0 +1,521 @@
+"""Unit tests of npbert/kernels: every fast kernel against its naive twin in kernels/reference.py.
+
+Tolerances: integer results compare EXACTLY (np.array_equal, same dtype); float outputs that the
+twin computes with the same IEEE operations in the same order compare bit for bit (array_equal).
+The only inequality bounds (dequantization error) are derived in the test that uses them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from npbert.errors import InputError, QuantError
+from npbert.kernels import gemm as G
+from npbert.kernels import reference as R
+from npbert.kernels._simd import MR, NR, microkernel_ir, microkernel_numba
+from npbert.kernels.gemm import (
+    bgemm_s8s8,
+    bgemm_u8s8,
+    gemm_grouped,
+    gemm_s8s8,
+    gemm_s16s8,
+    gemm_u8s8,
+    pack_int8_weight,
+)
+from npbert.kernels.quantize import add_requant, quantize_dynamic, quantize_static, quantize_static_grouped, requantize
+from npbert.kernels.selection import quantile_linear, select_kth, tmiqr_threshold
+
+ODD = (1, 3, 7, 17, 33, 127, 129)
+# a spread of odd shapes: all of ODD on each axis, mixed with each other (not the full 7^3 product)
+SHAPES = sorted(
+    {(m, n, k) for m, n, k in zip(ODD, ODD[::-1], ODD[3:] + ODD[:3])}
+    | {(m, n, k) for m, n, k in zip(ODD, ODD, ODD)}
+    | {(1, 1, 1), (2, 16, 2), (4, 16, 64), (5, 31, 130), (129, 1, 7), (1, 129, 33), (64, 48, 510), (9, 17, 1023)}
+)
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _i8(rng, shape):
+    return rng.integers(-128, 128, shape).astype(np.int8)
+
+
+def _u8(rng, shape):
+    return rng.integers(0, 256, shape).astype(np.uint8)
+
+
+def _eq(x, y):
+    assert x.dtype == y.dtype, (x.dtype, y.dtype)
+    assert x.shape == y.shape, (x.shape, y.shape)
+    assert np.array_equal(x, y)
+
+
+# -------------------------------------------------------------------------------------- micro-kernel
+
+
+@pytest.mark.parametrize("npairs", [0, 1, 2, 5, 64, 255])
+def test_microkernel_ir_equals_numba_twin(npairs):
+    rng = _rng(npairs)
+    lda = 2 * npairs + 6
+    a = rng.integers(-32768, 32768, 3 + MR * lda + 8).astype(np.int16)
+    w = rng.integers(-128, 128, 32 + 2 * NR * npairs + 8).astype(np.int16)
+    t1 = np.full(MR * NR, 7, np.int32)
+    t2 = np.full(MR * NR, -7, np.int32)
+    microkernel_ir(a, 3, lda, w, 32, npairs, t1)
+    microkernel_numba(a, 3, lda, w, 32, npairs, t2)
+    _eq(t1, t2)
+
+
+def test_microkernel_extreme_pairs_do_not_wrap():
+    # every pair sum at its extreme 2 * (-32768) * (-128) = 2^23; 255 pairs = 255 * 2^23 < 2^31
+    npairs = 255
+    a = np.full(MR * 2 * npairs, -32768, np.int16)
+    w = np.full(2 * NR * npairs, -128, np.int16)
+    t = np.empty(MR * NR, np.int32)
+    microkernel_ir(a, 0, 2 * npairs, w, 0, npairs, t)
+    assert np.all(t == 255 * 2**23)
+
+
+# --------------------------------------------------------------------------------------------- GEMM
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_s8s8_exact(m, n, k):
+    rng = _rng(m * 10007 + n * 101 + k)
+    a, w = _i8(rng, (m, k)), _i8(rng, (n, k))
+    ref = R.gemm_s8s8_ref(a, w)
+    _eq(gemm_s8s8(a, pack_int8_weight(w)), ref)
+    _eq(gemm_s8s8(a, w), ref)  # unpacked weight: packed on the fly
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_u8s8_exact(m, n, k):
+    rng = _rng(m * 7 + n * 13 + k)
+    a, w = _u8(rng, (m, k)), _i8(rng, (n, k))
+    pw = pack_int8_weight(w)
+    for zp in (0, 1, 128, 255, int(rng.integers(0, 256))):
+        _eq(gemm_u8s8(a, zp, pw), R.gemm_u8s8_ref(a, zp, w))
+    # zero-point correction against the plain formula
+    zp = 77
+    assert np.array_equal(gemm_u8s8(a, zp, w), (a.astype(np.int64) - zp) @ w.astype(np.int64).T)
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_s16s8_exact(m, n, k):
+    rng = _rng(m + n + k)
+    a = rng.integers(-32768, 32768, (m, k)).astype(np.int16)
+    w = _i8(rng, (n, k))
+    pw = pack_int8_weight(w)
+    for zp in (0, -32768, 12345):
+        _eq(gemm_s16s8(a, pw, zp), R.gemm_s16s8_ref(a, w, zp))
+
+
+@pytest.mark.parametrize(
+    "a_val,w_val,zp",
+    [(-128, -128, None), (127, -128, None), (-128, 127, None), (127, 127, None), (0, -128, None)],
+)
+def test_gemm_s8s8_extremes(a_val, w_val, zp):
+    m, n, k = 9, 33, 1023
+    a = np.full((m, k), a_val, np.int8)
+    w = np.full((n, k), w_val, np.int8)
+    _eq(gemm_s8s8(a, w), R.gemm_s8s8_ref(a, w))
+
+
+@pytest.mark.parametrize("a_val,zp,w_val", [(255, 0, -128), (0, 255, -128), (255, 0, 127), (0, 255, 127), (255, 255, -128)])
+def test_gemm_u8s8_extremes(a_val, zp, w_val):
+    m, n, k = 5, 17, 4097
+    a = np.full((m, k), a_val, np.uint8)
+    w = np.full((n, k), w_val, np.int8)
+    _eq(gemm_u8s8(a, zp, w), R.gemm_u8s8_ref(a, zp, w))
+
+
+def test_gemm_s16s8_beyond_int32():
+    # K = 3072 at the extremes: 3072 * 2^22 = 1.29e10 overflows int32; the int64 result must be exact
+    k = 3072
+    a = np.full((3, k), -32768, np.int16)
+    w = np.full((5, k), -128, np.int8)
+    out = gemm_s16s8(a, w)
+    assert out.dtype == np.int64
+    assert np.all(out == k * 2**22)
+    _eq(out, R.gemm_s16s8_ref(a, w))
+    # mixed signs and a zero point that pushes a - zp outside int16
+    rng = _rng(1)
+    a = rng.choice(np.array([-32768, 32767], np.int16), (4, k))
+    w = rng.choice(np.array([-128, 127], np.int8), (7, k))
+    _eq(gemm_s16s8(a, w, a_zero_point=-40000), R.gemm_s16s8_ref(a, w, -40000))
+
+
+def test_gemm_readonly_noncontiguous_inputs(tmp_path):
+    rng = _rng(3)
+    m, n, k = 33, 47, 129
+    w = _i8(rng, (n, k))
+    a = _i8(rng, (m, k))
+    ref = R.gemm_s8s8_ref(a, w)
+    # memory-mapped read-only weight
+    path = tmp_path / "w.bin"
+    w.tofile(path)
+    wmm = np.memmap(path, dtype=np.int8, mode="r", shape=(n, k))
+    assert not wmm.flags.writeable
+    _eq(gemm_s8s8(a, pack_int8_weight(wmm)), ref)
+    # Fortran-ordered and read-only activations and weights
+    a_f = np.asfortranarray(a)
+    w_ro = w.copy()
+    w_ro.setflags(write=False)
+    a_ro = a.copy()
+    a_ro.setflags(write=False)
+    _eq(gemm_s8s8(a_f, w_ro), ref)
+    _eq(gemm_s8s8(a_ro, np.asfortranarray(w)), ref)
+    # strided views
+    big_a = _i8(rng, (2 * m, 3 * k))
+    big_w = _i8(rng, (n, 2 * k))
+    a_s, w_s = big_a[::2, ::3], big_w[:, ::2]
+    _eq(gemm_s8s8(a_s, w_s), R.gemm_s8s8_ref(a_s, w_s))
+    au = _u8(rng, (2 * m, k))[::2]
+    _eq(gemm_u8s8(au, 3, w_s), R.gemm_u8s8_ref(au, 3, w_s))
+    a16 = rng.integers(-32768, 32768, (k, m)).astype(np.int16).T  # transposed view
+    _eq(gemm_s16s8(a16, w_ro), R.gemm_s16s8_ref(a16, w_ro))
+    # the packed weight keeps the original read-only
+    pw = pack_int8_weight(w)
+    assert not pw.w.flags.writeable and np.array_equal(pw.w, w)
+    assert pw.row_sums.dtype == np.int32 and np.array_equal(pw.row_sums, w.astype(np.int64).sum(1))
+
+
+def test_gemm_empty_dims():
+    w = _i8(_rng(), (5, 7))
+    _eq(gemm_s8s8(np.zeros((0, 7), np.int8), w), np.zeros((0, 5), np.int32))
+    _eq(gemm_s8s8(np.zeros((3, 0), np.int8), np.zeros((5, 0), np.int8)), np.zeros((3, 5), np.int32))
+    _eq(gemm_s16s8(np.zeros((3, 0), np.int16), np.zeros((0, 0), np.int8)), np.zeros((3, 0), np.int64))
+
+
+def test_gemm_k_bounds_raise():
+    # the real bound, checked cheaply: M = 0 and N = 1 keep the arrays at K bytes
+    k = G.K_MAX_S8S8 + 1
+    with pytest.raises(QuantError, match="overflow"):
+        gemm_s8s8(np.zeros((0, k), np.int8), np.zeros((1, k), np.int8))
+    k = G.K_MAX_U8S8 + 1
+    with pytest.raises(QuantError, match="overflow"):
+        gemm_u8s8(np.zeros((0, k), np.uint8), 0, np.zeros((1, k), np.int8))
+    # at the bound it is accepted
+    k = G.K_MAX_U8S8
+    assert gemm_u8s8(np.zeros((0, k), np.uint8), 0, np.zeros((1, k), np.int8)).shape == (0, 1)
+
+
+def test_gemm_k_bounds_monkeypatched(monkeypatch):
+    monkeypatch.setattr(G, "K_MAX_S8S8", 16)
+    monkeypatch.setattr(G, "K_MAX_U8S8", 8)
+    a, w = _i8(_rng(), (2, 17)), _i8(_rng(), (3, 17))
+    with pytest.raises(QuantError):
+        gemm_s8s8(a, w)
+    with pytest.raises(QuantError):
+        bgemm_s8s8(a[None], w[None])
+    with pytest.raises(QuantError):
+        gemm_u8s8(a.view(np.uint8), 0, w)
+    with pytest.raises(QuantError):
+        bgemm_u8s8(a.view(np.uint8)[None], 0, w[None])
+    with pytest.raises(QuantError):  # a PEG group longer than the bound
+        gemm_grouped(a.view(np.uint8), np.array([0, 5, 17]), np.zeros(2, np.int32), np.ones(2, np.float32), w)
+
+
+def test_gemm_bad_arguments():
+    rng = _rng()
+    w = _i8(rng, (4, 6))
+    with pytest.raises(QuantError, match="int8"):
+        gemm_s8s8(np.zeros((2, 6), np.float32), w)
+    with pytest.raises(QuantError):
+        gemm_s8s8(_i8(rng, (2, 6)), w.astype(np.int16))
+    with pytest.raises(InputError, match="K=5"):
+        gemm_s8s8(_i8(rng, (2, 5)), w)
+    with pytest.raises(InputError):
+        gemm_s8s8(_i8(rng, (2, 3, 6)), w)
+    with pytest.raises(QuantError, match="zero point"):
+        gemm_u8s8(_u8(rng, (2, 6)), 256, w)
+    with pytest.raises(QuantError):
+        gemm_u8s8(_i8(rng, (2, 6)), 0, w)
+    with pytest.raises(QuantError):
+        gemm_s8s8(_i8(rng, (2, 6)), [[1, 2]])
+    with pytest.raises(InputError):
+        bgemm_s8s8(_i8(rng, (2, 3, 6)), _i8(rng, (3, 3, 6)))
+    with pytest.raises(InputError):
+        gemm_grouped(_u8(rng, (2, 6)), np.array([0, 3, 5]), np.zeros(2, np.int32), np.ones(2, np.float32), w)
+    with pytest.raises(InputError):
+        gemm_grouped(_u8(rng, (2, 6)), np.array([0, 3, 6]), np.zeros(3, np.int32), np.ones(2, np.float32), w)
+    with pytest.raises(QuantError):
+        gemm_grouped(_i8(rng, (2, 6)), np.array([0, 3, 6]), np.array([0, 200]), np.ones(2, np.float32), w)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16])
+@pytest.mark.parametrize("m,n,k,bounds", [(7, 17, 33, [0, 33]), (5, 33, 129, [0, 1, 64, 65, 129]), (17, 3, 130, [0, 7, 70, 130])])
+def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds):
+    rng = _rng(k + len(bounds))
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max + 1, (m, k)).astype(dtype)
+    w = _i8(rng, (n, k))
+    G_ = len(bounds) - 1
+    if dtype == np.int16:
+        zps = rng.integers(-(2**15), 2**15, G_).astype(np.int32)
+    else:
+        zps = rng.integers(info.min, info.max + 1, G_).astype(np.int32)
+    scales = (rng.random(G_) * 1e-2 + 1e-4).astype(np.float32)
+    b = np.array(bounds, np.int64)
+    pw = pack_int8_weight(w)
+    ref = R.gemm_grouped_ref(a, b, zps, scales, w)
+    y = gemm_grouped(a, b, zps, scales, pw)
+    assert y.dtype == np.float32
+    assert np.array_equal(y.view(np.int32), ref.view(np.int32))  # bit for bit
+    _eq(gemm_grouped(a, b, zps, scales, pw), ref)  # cached group packs give the same answer
+    _eq(gemm_grouped(a, b, zps, scales, w), ref)
+
+
+@pytest.mark.parametrize("b,m,n,k", [(1, 1, 1, 1), (3, 7, 17, 33), (5, 33, 16, 64), (2, 129, 127, 3), (4, 128, 64, 128)])
+def test_bgemm_exact(b, m, n, k):
+    rng = _rng(b * m + n * k)
+    a, bb = _i8(rng, (b, m, k)), _i8(rng, (b, n, k))
+    _eq(bgemm_s8s8(a, bb), R.bgemm_s8s8_ref(a, bb))
+    au = _u8(rng, (b, m, k))
+    for zp in (0, 128, 255):
+        _eq(bgemm_u8s8(au, zp, bb), R.bgemm_u8s8_ref(au, zp, bb))
+    # non-contiguous inputs (V^T as a transposed view, as attention produces it)
+    v = _i8(rng, (b, k, n))
+    vt = v.transpose(0, 2, 1)
+    _eq(bgemm_s8s8(a, vt), R.bgemm_s8s8_ref(a, vt))
+
+
+# ---------------------------------------------------------------------------------------- selection
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 128, 1000])
+def test_selection_matches_numpy(L):
+    rng = _rng(L)
+    for kind in range(4):
+        v = [
+            rng.standard_normal(L),
+            rng.integers(0, 3, L),  # many duplicates
+            np.sort(rng.random(L)),  # sorted input
+            np.sort(rng.random(L))[::-1],
+        ][kind].astype(np.float32)
+        v_copy = v.copy()
+        for k in sorted({0, L // 2, L - 1, int(rng.integers(0, L))}):
+            assert select_kth(v, k) == np.partition(v, k)[k]
+        for p in (0.0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.9, float(rng.random())):
+            assert quantile_linear(v, p) == np.quantile(v, p, method="linear")
+        assert tmiqr_threshold(v) == R.tmiqr_threshold_ref(v)
+        assert np.array_equal(v, v_copy)  # the caller's array is untouched
+
+
+def test_selection_adversarial_and_errors():
+    # organ-pipe and all-equal inputs: no quadratic blow-up, right answers
+    L = 4097
+    organ = np.concatenate([np.arange(L // 2), np.arange(L // 2 + 1)[::-1]]).astype(np.float32)
+    for v in (organ, np.zeros(L, np.float32), np.arange(L, dtype=np.float32)[::-1].copy()):
+        for k in (0, 1, L // 4, L // 2, L - 1):
+            assert select_kth(v, k) == np.partition(v, k)[k]
+    with pytest.raises(InputError):
+        select_kth(np.zeros(0, np.float32), 0)
+    with pytest.raises(InputError):
+        select_kth(np.zeros(3, np.float32), 3)
+    with pytest.raises(InputError):
+        quantile_linear(np.array([1.0, np.nan], np.float32), 0.5)
+    with pytest.raises(InputError):
+        quantile_linear(np.ones(3, np.float32), 1.5)
+    with pytest.raises(InputError):
+        tmiqr_threshold(np.zeros(0, np.float32))
+
+
+def test_tmiqr_single_token_and_float64():
+    assert tmiqr_threshold(np.array([3.5], np.float32)) == 3.5
+    v = _rng().random(50)
+    assert tmiqr_threshold(v) == R.tmiqr_threshold_ref(v)
+
+
+# ----------------------------------------------------------------------------------------- quantize
+
+
+def _segments(rng, M, nseg):
+    cuts = np.sort(rng.integers(0, M + 1, nseg - 1))
+    return np.concatenate([[0], cuts, [M]]).astype(np.int64)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 9, 12, 16])
+@pytest.mark.parametrize("tmiqr", [False, True])
+def test_quantize_dynamic_equals_reference(bits, tmiqr):
+    rng = _rng(bits + 100 * tmiqr)
+    M, K = 37, 65
+    x = (rng.standard_normal((M, K)) * rng.choice([0.01, 1.0, 30.0], (M, 1))).astype(np.float32)
+    x[5, 3] = 400.0  # an outlier token
+    for seg in (np.array([0, M]), np.arange(M + 1), _segments(rng, M, 4)):
+        valid = rng.random(M) < 0.8
+        for rv in (None, valid):
+            q, s, t = quantize_dynamic(x, seg, rv, bits=bits, tmiqr=tmiqr)
+            qr, sr, tr = R.quantize_dynamic_ref(x, seg, rv, bits=bits, tmiqr=tmiqr)
+            _eq(q, qr)
+            _eq(s, sr)
+            _eq(t, tr)
+            assert q.dtype == (np.int8 if bits <= 8 else np.int16)
+
+
+def test_quantize_dynamic_error_bound_and_clamp():
+    rng = _rng(5)
+    M, K = 64, 96
+    x = (rng.standard_normal((M, K)) * 3).astype(np.float32)
+    x[::7] *= 20  # heavy tokens so that TM-IQR clips something
+    seg = np.array([0, 32, 64])
+    for bits in (4, 8, 16):
+        qmax = 2 ** (bits - 1) - 1
+        for tm in (False, True):
+            q, s, t = quantize_dynamic(x, seg, None, bits=bits, tmiqr=tm)
+            for g in range(2):
+                xs = x[seg[g] : seg[g + 1]].astype(np.float64)
+                qs = q[seg[g] : seg[g + 1]].astype(np.float64)
+                sc, th = float(s[g]), float(t[g])
+                assert np.isclose(sc, th / qmax, rtol=2**-23)
+                inside = np.abs(xs) <= th
+                # |x - q s| <= s/2 from rounding to nearest, plus the float32 division's relative
+                # error 2^-24 on |x/s| <= qmax (in units of s): s * qmax * 2^-23 covers it
+                err = np.abs(xs - qs * sc)[inside]
+                assert np.all(err <= sc * (0.5 + qmax * 2.0**-23))
+                assert np.all(np.abs(qs[~inside]) == qmax)
+                assert np.all(np.sign(qs[~inside]) == np.sign(xs[~inside]))
+                if tm:
+                    assert th <= np.abs(xs).max()
+
+
+def test_quantize_dynamic_padding_rows_do_not_change_scales():
+    rng = _rng(6)
+    M, K = 24, 40
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    valid = np.ones(M, bool)
+    valid[[3, 10, 11, 23]] = False
+    seg = np.array([0, 12, 24])
+    for tm in (False, True):
+        base = quantize_dynamic(x, seg, valid, tmiqr=tm)
+        x2 = x.copy()
+        x2[~valid] = rng.choice([1e6, -1e6, np.inf, -np.inf, np.nan], (int((~valid).sum()), K)).astype(np.float32)
+        q2, s2, t2 = quantize_dynamic(x2, seg, valid, tmiqr=tm)
+        _eq(s2, base[1])
+        _eq(t2, base[2])
+        _eq(q2[valid], base[0][valid])
+        assert np.all(np.abs(q2[~valid].astype(np.int64)) <= 127)  # padding still clamped
+        qr = R.quantize_dynamic_ref(x2, seg, valid, tmiqr=tm)[0]
+        _eq(q2, qr)
+
+
+def test_quantize_dynamic_zero_and_symmetry():
+    x = np.zeros((4, 8), np.float32)
+    q, s, t = quantize_dynamic(x, np.array([0, 2, 4]), None)
+    assert np.all(q == 0) and np.all(s == 1.0) and np.all(t == 0.0)
+    rng = _rng(7)
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    x[2, 4] = 0.0
+    x[3, 1] = -0.0
+    q, s, _ = quantize_dynamic(x, np.array([0, 6]), None)
+    assert q[2, 4] == 0 and q[3, 1] == 0
+    qn, sn, _ = quantize_dynamic(-x, np.array([0, 6]), None)
+    _eq(qn, -q)  # symmetric: q(-x) = -q(x)
+    _eq(sn, s)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_nonfinite_raise(bad):
+    x = np.ones((5, 7), np.float32)
+    x[2, 3] = bad
+    name = "NaN" if np.isnan(bad) else "Inf"
+    with pytest.raises(InputError, match=name):
+        quantize_dynamic(x, np.array([0, 5]), None)
+    with pytest.raises(InputError):
+        quantize_static(x, 0.1, 0, -128, 127, np.int8)
+    with pytest.raises(InputError):
+        quantize_static_grouped(x, np.array([0, 3, 7]), np.ones(2, np.float32), np.zeros(2, np.int32), 0, 255, np.uint8)
+
+
+def test_quantize_dynamic_bad_requests():
+    x = np.ones((4, 3), np.float32)
+    for bits in (1, 17, 0):
+        with pytest.raises(QuantError):
+            quantize_dynamic(x, np.array([0, 4]), None, bits=bits)
+    with pytest.raises(InputError):
+        quantize_dynamic(x, np.array([0, 3]), None)
+    with pytest.raises(InputError):
+        quantize_dynamic(x, np.array([0, 3, 2, 4]), None)
+    with pytest.raises(InputError):
+        quantize_dynamic(x, np.array([0, 4]), np.ones(3, bool))
+    with pytest.raises(QuantError):
+        quantize_dynamic(x.astype(np.float64), np.array([0, 4]), None)
+
+
+@pytest.mark.parametrize(
+    "qmin,qmax,dtype,zp", [(-128, 127, np.int8, 0), (0, 255, np.uint8, 128), (-32768, 32767, np.int16, -5), (0, 15, np.uint8, 8)]
+)
+def test_quantize_static_equals_reference(qmin, qmax, dtype, zp):
+    rng = _rng(qmax)
+    x = (rng.standard_normal((3, 17, 33)) * 50).astype(np.float32)
+    x[0, 0, :4] = [0.5, 1.5, -0.5, 2.5]  # ties round to even
+    for scale in (0.1, 1.0, 0.37, 1e-3):
+        q = quantize_static(x, scale, zp, qmin, qmax, dtype)
+        _eq(q, R.quantize_static_ref(x, scale, zp, qmin, qmax, dtype))
+    q = quantize_static(x, 1.0, 0, qmin, qmax, dtype)
+    if qmin <= -3:
+        assert list(q[0, 0, :4]) == [0, 2, 0, 2]
+    xt = x.transpose(2, 0, 1)  # non-contiguous
+    _eq(quantize_static(xt, 0.3, zp, qmin, qmax, dtype), R.quantize_static_ref(xt, 0.3, zp, qmin, qmax, dtype))
+
+
+def test_quantize_static_grouped_equals_reference():
+    rng = _rng(8)
+    x = (rng.standard_normal((19, 70)) * 10).astype(np.float32)
+    b = np.array([0, 3, 40, 70])
+    scales = np.array([0.05, 0.2, 0.01], np.float32)
+    zps = np.array([128, 0, 255], np.int32)
+    _eq(
+        quantize_static_grouped(x, b, scales, zps, 0, 255, np.uint8),
+        R.quantize_static_grouped_ref(x, b, scales, zps, 0, 255, np.uint8),
+    )
+    with pytest.raises(QuantError):
+        quantize_static(x, 0.0, 0, -128, 127, np.int8)
+    with pytest.raises(QuantError):
+        quantize_static(x, 0.1, 300, 0, 255, np.uint8)
+    with pytest.raises(QuantError):
+        quantize_static(x, 0.1, 0, -200, 127, np.int8)
+
+
+@pytest.mark.parametrize("acc_dtype", [np.int32, np.int64])
+def test_requantize_equals_reference(acc_dtype):
+    rng = _rng(9)
+    info = np.iinfo(np.int32)
+    acc = rng.integers(info.min, info.max, (13, 21)).astype(acc_dtype)
+    mult = rng.random(21) * 1e-6
+    for m, zp, lo, hi, dt in ((mult, 0, -128, 127, np.int8), (3.1e-7, 128, 0, 255, np.uint8), (mult * 100, -3, -32768, 32767, np.int16)):
+        _eq(requantize(acc, m, zp, lo, hi, dt), R.requantize_ref(acc, m, zp, lo, hi, dt))
+    with pytest.raises(InputError):
+        requantize(acc, np.ones(20), 0, -128, 127, np.int8)
+    with pytest.raises(QuantError):
+        requantize(acc.astype(np.float32), 1.0, 0, -128, 127, np.int8)
+
+
+def test_add_requant_equals_reference_and_saturating_add():
+    rng = _rng(10)
+    for da, db in itertools.product((np.int8, np.uint8, np.int16), repeat=2):
+        ia, ib = np.iinfo(da), np.iinfo(db)
+        a = rng.integers(ia.min, ia.max + 1, (9, 31)).astype(da)
+        b = rng.integers(ib.min, ib.max + 1, (9, 31)).astype(db)
+        args = (a, 0.02, 3, b, 0.05, -2, 0.07, 1, -128, 127, np.int8)
+        _eq(add_requant(*args), R.add_requant_ref(*args))
+    # equal scales and zero points: exact saturating integer addition
+    for dt, lo, hi in ((np.int8, -128, 127), (np.int16, -32768, 32767)):
+        info = np.iinfo(dt)
+        a = rng.integers(info.min, info.max + 1, (50, 40)).astype(dt)
+        b = rng.integers(info.min, info.max + 1, (50, 40)).astype(dt)
+        a[0, :3] = [info.max, info.min, info.max]
+        b[0, :3] = [info.max, info.min, info.min]
+        s = 0.0123
+        out = add_requant(a, s, 0, b, s, 0, s, 0, lo, hi, dt)
+        _eq(out, np.clip(a.astype(np.int64) + b.astype(np.int64), lo, hi).astype(dt))
+        z = 5
+        out = add_requant(a, s, z, b, s, z, s, z, lo, hi, dt)
+        _eq(out, np.clip(a.astype(np.int64) + b.astype(np.int64) - z, lo, hi).astype(dt))
+    with pytest.raises(InputError):
+        add_requant(a, 1, 0, b[:, :3], 1, 0, 1, 0, -128, 127, np.int8)
