@@ -32,13 +32,14 @@ def _load(args):
     model_dir = Path(args.model) if args.model else default_model_dir()
     if not model_dir.exists() and args.model is None:
         raise NpbertError(f"default model not found at {model_dir}; run `python weights/fetch.py` first (or pass --model DIR)")
-    model = load_model(model_dir)
-    recipe = getattr(args, "recipe", None)
-    if recipe and recipe != "fp32":
-        from npbert.qmodel import load_quantized, quantize_from_cli
+    if (model_dir / "npbert_quant.json").is_file():  # a saved quantized model carries its recipe
+        from npbert.qmodel import load_quantized
 
-        if (model_dir / "npbert_quant.json").is_file():
-            return load_quantized(model_dir)
+        return load_quantized(model_dir)
+    model = load_model(model_dir)
+    if getattr(args, "recipe", None) not in (None, "fp32"):
+        from npbert.qmodel_cli import quantize_from_cli
+
         return quantize_from_cli(model, args)
     return model
 
@@ -68,10 +69,8 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
 def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--model", required=required, default=None, help="HF model directory (default: all-MiniLM-L6-v2 in weights/)")
     p.add_argument("--threads", type=int, default=None, help="threads for numba kernels (default: all cores)")
-    try:
-        from npbert.qmodel import add_recipe_args
-    except ImportError:
-        return
+    from npbert.qmodel_cli import add_recipe_args
+
     add_recipe_args(p)
 
 

@@ -1,0 +1,856 @@
+"""The quantized encoder: recipes, the integer executor and its fake-quant twin, calibration, save/load.
+
+The forward is model.py's, unchanged: this module supplies Executors. Every tensor the forward
+names with `site(...)` gets a `SiteSpec` from the recipe (off / dynamic / static, bits, symmetric,
+granularity, estimator). Two executors share one code path and differ only in arithmetic:
+
+- integer (`simulate=False`): activations become integer codes (numba kernels), linear layers and the
+  two attention matmuls run int8/int16 GEMMs with exact int32/int64 accumulation, residual sums are
+  integer adds with saturation; GELU, softmax and LayerNorm run in float32 between dequantize and
+  requantize.
+- fake-quant (`simulate=True`): the same codes from the pure NumPy quantizers / the kernels' naive
+  twins, but every GEMM is a float64 matmul of dequantized values. This is the float simulation the
+  PEG paper's code runs; the integer path must match it (tests/unit/test_qmodel.py).
+
+Shapes: B batch, T tokens, C hidden, h heads, d head size, K GEMM depth, N GEMM outputs, S segments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from npbert import ops
+from npbert.errors import CalibrationError, InputError, QuantError
+from npbert.io.tokenizer import Batch
+from npbert.kernels import gemm as kg
+from npbert.kernels import quantize as kq
+from npbert.kernels import reference as kref
+from npbert.model import Executor, Model, Output, linear_names, layer_prefix
+from npbert.quant import peg
+from npbert.quant.estimators import ESTIMATORS, make_estimator
+from npbert.quant.qparams import QParams, check_bits, qparams_from_range
+from npbert.quant.quantizers import dequantize, group_bounds_equal, quantize
+
+FORMAT_VERSION = 1
+
+# --------------------------------------------------------------------------------------- recipes
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSpec:
+    """How one named tensor is quantized."""
+
+    mode: str = "off"  # off | dynamic (scale from the current values, per sequence) | static (calibrated)
+    bits: int = 8
+    symmetric: bool = False
+    granularity: str = "tensor"  # tensor | group (per-embedding-group along the hidden dim; static only)
+    estimator: str = "running_minmax"
+    tmiqr: bool = False  # dynamic only: TM-IQR clipping threshold instead of abs-max
+    fixed_range: tuple[float, float] | None = None  # static without calibration (softmax probs: [0, 1])
+
+    def validate(self, where: str) -> "SiteSpec":
+        if self.mode not in ("off", "dynamic", "static"):
+            raise QuantError(f"{where}: mode {self.mode!r} is not one of off, dynamic, static")
+        try:
+            check_bits(self.bits)
+        except QuantError as e:
+            raise QuantError(f"{where}: {e}") from None
+        if self.granularity not in ("tensor", "group"):
+            raise QuantError(f"{where}: granularity {self.granularity!r} is not one of tensor, group")
+        if self.estimator not in ESTIMATORS:
+            raise QuantError(f"{where}: unknown estimator {self.estimator!r}; valid: {sorted(ESTIMATORS)}")
+        if self.mode == "dynamic" and (not self.symmetric or self.granularity != "tensor"):
+            raise QuantError(f"{where}: dynamic sites are symmetric per tensor (per sequence)")
+        if self.bits > 8 and not self.symmetric and self.mode != "off":
+            # The 16-bit kernels take signed int16 codes: (uint16 - zp) would not fit int16.
+            raise QuantError(f"{where}: sites wider than 8 bits are symmetric (int16 codes); set symmetric")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: int
+    description: str
+    rules: tuple[tuple[str, dict], ...]  # (fnmatch pattern over site names, SiteSpec fields); later wins
+    weight_bits: int = 8
+    weight_granularity: str = "tensor"  # tensor | channel
+    weight_estimator: str = "minmax"  # minmax | mse
+    peg_groups: int = 6
+    peg_permute: bool = True
+
+    def spec(self, site: str, overrides: Sequence[tuple[str, dict]] = ()) -> SiteSpec:
+        fields: dict = {}
+        for pattern, kv in (*self.rules, *overrides):
+            if fnmatch.fnmatchcase(site, pattern):
+                fields.update(kv)
+        return SiteSpec(**fields).validate(site)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(kv.get("mode") == "static" and "fixed_range" not in kv for _, kv in self.rules)
+
+
+# Site families (patterns over the names model.py gives its sites).
+LINEAR_INPUTS = ("embeddings.LayerNorm.out", "*.output.LayerNorm.out", "*.attention.output.dense.in",
+                 "*.output.dense.in", "head.in", "pooler.dense.out", "classifier.dense.out")
+QKV = ("*.attention.self.query.out", "*.attention.self.key.out", "*.attention.self.value.out")
+PROBS = "*.attention.self.probs"
+FFN_IN = "*.attention.output.LayerNorm.out"  # also the FFN residual's other operand
+FFN_OUT = "*.output.dense.out"
+FFN_RESIDUAL = "*.output.residual"
+
+_DYN = {"mode": "dynamic", "bits": 8, "symmetric": True}
+_PROBS_FIXED = {"mode": "static", "bits": 8, "symmetric": True, "fixed_range": (0.0, 1.0)}
+_STATIC = {"mode": "static", "bits": 8, "symmetric": False, "estimator": "running_minmax"}
+_STATIC_SYM = {**_STATIC, "symmetric": True}
+
+_DYNAMIC_RULES = tuple((p, _DYN) for p in (*LINEAR_INPUTS, *QKV)) + ((PROBS, _PROBS_FIXED),)
+_W8A8_RULES = (("*", _STATIC), *((p, _STATIC_SYM) for p in QKV), (PROBS, {**_STATIC, "symmetric": True}),
+               ("*.attention.self.scores", {"mode": "off"}))
+_MP16 = {"bits": 16, "symmetric": True}
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("dynamic", 1, "El-Kurdi et al. I8 baseline: int8 weights, activations from their current max-abs",
+               _DYNAMIC_RULES),
+        Recipe("tm-iqr", 1, "dynamic + TM-IQR clipping of the FF2 input (El-Kurdi et al., Algorithm 1)",
+               (*_DYNAMIC_RULES, ("*.output.dense.in", {"tmiqr": True}))),
+        Recipe("w8a8", 1, "static PTQ (Bondarenko et al.): symmetric weights, asymmetric calibrated activations",
+               _W8A8_RULES, weight_estimator="mse"),
+        Recipe("w8a8-mp", 1, "w8a8 with 16-bit FFN input, FFN output and FFN residual sum",
+               (*_W8A8_RULES, *((p, _MP16) for p in (FFN_IN, FFN_OUT, FFN_RESIDUAL))), weight_estimator="mse"),
+        Recipe("peg", 1, "w8a8 with per-embedding-group FFN input/output/residual, range-based permutation",
+               (*_W8A8_RULES, *((p, {"granularity": "group", "estimator": "minmax"}) for p in (FFN_IN, FFN_OUT, FFN_RESIDUAL))),
+               weight_estimator="mse"),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise QuantError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)} (or fp32)")
+    return RECIPES[name]
+
+
+def parse_override(text: str) -> tuple[str, dict]:
+    """'PATTERN=key:value,key:value' or 'PATTERN=off' -> (pattern, SiteSpec fields)."""
+    if "=" not in text:
+        raise QuantError(f"override {text!r}: write PATTERN=off or PATTERN=bits:16,estimator:mse,granularity:group")
+    pattern, _, body = text.partition("=")
+    if body.strip() == "off":
+        return pattern.strip(), {"mode": "off"}
+    kv: dict = {}
+    for item in filter(None, (s.strip() for s in body.split(","))):
+        key, _, val = item.partition(":")
+        if key == "bits":
+            try:
+                kv["bits"] = int(val)
+            except ValueError:
+                raise QuantError(f"override {text!r}: bits must be an integer") from None
+        elif key in ("symmetric", "tmiqr"):
+            kv[key] = val.lower() in ("1", "true", "yes")
+        elif key in ("mode", "granularity", "estimator"):
+            kv[key] = val
+        else:
+            raise QuantError(f"override {text!r}: unknown key {key!r} (bits, mode, granularity, estimator, symmetric, tmiqr)")
+    return pattern.strip(), kv
+
+
+# ------------------------------------------------------------------------------ site discovery
+
+
+class _SiteRecorder(Executor):
+    """Runs the FP32 forward once and records site names in order (and which sites feed linears)."""
+
+    def __init__(self, params, cfg):
+        super().__init__(params, cfg)
+        self.sites: list[str] = []
+        self.linear_inputs: dict[str, str] = {}
+
+    def site(self, name, x):
+        if name not in self.sites:
+            self.sites.append(name)
+        return x
+
+    def linear(self, name, x, in_site):
+        self.linear_inputs[name] = in_site
+        return super().linear(name, x, in_site)
+
+    def attention(self, prefix, q, k, v, bias):
+        self.site(prefix + ".scores", None)
+        self.site(prefix + ".probs", None)
+        return super().attention(prefix, q, k, v, bias)
+
+
+def discover_sites(model: Model) -> tuple[list[str], dict[str, str]]:
+    """-> (site names in execution order, {linear name: its input site}) from one tiny forward."""
+    rec = _SiteRecorder(model.params, model.config)
+    ids = np.zeros((1, 2), np.int64)
+    model.forward(Batch(ids, np.ones_like(ids), np.zeros_like(ids), np.zeros(1, bool)), rec)
+    return rec.sites, rec.linear_inputs
+
+
+# ------------------------------------------------------------------------------ runtime tensors
+
+
+@dataclasses.dataclass
+class QTensor:
+    """Integer codes with their static QParams (per tensor, or per group along the last axis)."""
+
+    q: np.ndarray  # [..., C] codes
+    qp: QParams
+
+
+@dataclasses.dataclass
+class QWeight:
+    q: np.ndarray  # int8 [N, K]
+    scale: np.ndarray  # float32 [N] (per-tensor scales broadcast)
+    bias: np.ndarray | None  # float32 [N]
+    packed: object  # kernels' PackedInt8Weight
+    deq64: np.ndarray | None = None  # float64 [N, K] dequantized, built lazily for simulation
+
+
+def quantize_weight(w: np.ndarray, b: np.ndarray | None, bits: int, granularity: str, estimator: str) -> QWeight:
+    """W [N, K] float32 -> symmetric signed codes with per-tensor or per-output-channel scales."""
+    if bits > 8:
+        raise QuantError(f"weights are int8 in the integer kernels; weight_bits={bits} is not supported")
+    axis = 0 if granularity == "channel" else None
+    est = make_estimator(estimator, bits=bits, symmetric=True, axis=axis)
+    est.update(w)
+    lo, hi = est.range()
+    qp = qparams_from_range(lo, hi, bits, symmetric=True, signed=True, axis=axis)
+    q = quantize(w, qp).astype(np.int8)
+    scale = np.broadcast_to(qp.scale, (w.shape[0],)).astype(np.float32)
+    return QWeight(q, scale, None if b is None else np.asarray(b, np.float32), kg.pack_int8_weight(q))
+
+
+# ------------------------------------------------------------------------------------ executors
+
+
+def _segments(mask: np.ndarray | None, rows_per_seq: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence segments of a [B*T, K] matrix: seg_starts [B+1], row_valid [B*T]."""
+    B = n_rows // rows_per_seq
+    seg = np.arange(B + 1, dtype=np.int64) * rows_per_seq
+    valid = np.ones(n_rows, bool) if mask is None else (mask.reshape(-1) > 0)
+    return seg, valid
+
+
+class QuantExecutor(Executor):
+    """Executes a QuantizedModel: integer kernels, or (simulate=True) the float fake-quant twin."""
+
+    def __init__(self, qm: "QuantizedModel", simulate: bool = False):
+        super().__init__(qm.params, qm.config)
+        self.qm = qm
+        self.sim = simulate
+        self._dyn_cache: dict[str, tuple] = {}
+
+    def begin(self, attention_mask):
+        super().begin(attention_mask)
+        self._dyn_cache = {}
+
+    # ---- values
+    def f(self, x):
+        if isinstance(x, QTensor):
+            return dequantize(x.q, x.qp)
+        return x
+
+    def _mask_for(self, x) -> np.ndarray | None:
+        return self.mask if (x.ndim == 3 and self.mask is not None) else None
+
+    def _quantize_static(self, x: np.ndarray, qp: QParams) -> QTensor:
+        if self.sim or qp.granularity == "channel":
+            return QTensor(quantize(x, qp), qp)
+        x = np.ascontiguousarray(x, np.float32)
+        if qp.granularity == "group":
+            x2 = x.reshape(-1, x.shape[-1])
+            q = kq.quantize_static_grouped(x2, qp.group_bounds, qp.scale, qp.zero_point, qp.qmin, qp.qmax, qp.int_dtype)
+            return QTensor(q.reshape(x.shape), qp)
+        q = kq.quantize_static(x, float(qp.scale), int(qp.zero_point), qp.qmin, qp.qmax, qp.int_dtype)
+        return QTensor(q, qp)
+
+    def site(self, name, x):
+        qp = self.qm.site_qparams.get(name)
+        if qp is None:  # off, or dynamic (quantized where it is consumed)
+            return x
+        return self._quantize_static(np.asarray(self.f(x), np.float32), qp)
+
+    def _dynamic(self, name: str, x: np.ndarray, spec: SiteSpec):
+        """float [.., K] -> (codes [M, K], per-row scale [M]) with one scale per sequence, cached per site."""
+        key = f"{name}@{id(x)}"
+        if key not in self._dyn_cache:
+            x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+            rows_per_seq = x.shape[1] if x.ndim == 3 else 1
+            seg, valid = _segments(self._mask_for(x), rows_per_seq, x2.shape[0])
+            fn = kref.quantize_dynamic_ref if self.sim else kq.quantize_dynamic
+            q, scales, _t = fn(x2, seg, valid, spec.bits, spec.tmiqr)
+            self._dyn_cache[key] = (q, np.repeat(scales, np.diff(seg)).astype(np.float32), x)  # keep x alive: id()
+        q, row_scale, _ = self._dyn_cache[key]
+        return q, row_scale
+
+    # ---- GEMMs
+    def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight) -> np.ndarray:
+        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias."""
+        if self.sim:
+            if w.deq64 is None:
+                w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
+            if qp is not None:
+                a = dequantize(codes, qp).astype(np.float64)
+            else:
+                a = codes.astype(np.float64) * row_scale.astype(np.float64)[:, None]
+            y = (a @ w.deq64.T).astype(np.float32)
+        elif qp is None:  # dynamic: symmetric codes, one scale per row
+            acc = kg.gemm_s8s8(codes, w.packed) if codes.dtype == np.int8 else kg.gemm_s16s8(codes, w.packed)
+            y = acc.astype(np.float32) * (row_scale[:, None] * w.scale[None, :])
+        elif qp.granularity == "group":
+            # PEG: one exact integer GEMM per group, combined with the group scales (kernel), then W's scale.
+            y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed) * w.scale[None, :]
+        else:
+            zp = int(qp.zero_point)
+            if codes.dtype == np.int8:
+                acc = kg.gemm_s8s8(codes, w.packed)
+            elif codes.dtype == np.uint8:
+                acc = kg.gemm_u8s8(codes, zp, w.packed)
+            else:
+                acc = kg.gemm_s16s8(codes, w.packed, zp)
+            # Same epilogue as gemm_grouped (activation scale in float64, then W's scale in float32), so
+            # PEG with one group is bit-identical to per-tensor.
+            y = (acc.astype(np.float64) * np.float64(qp.scale)).astype(np.float32) * w.scale[None, :]
+        return y + w.bias if w.bias is not None else y
+
+    def linear(self, name, x, in_site):
+        w = self.qm.qweights.get(name)
+        if w is None:
+            return super().linear(name, x, in_site)
+        lead = x.q.shape[:-1] if isinstance(x, QTensor) else np.shape(x)[:-1]
+        if isinstance(x, QTensor):
+            codes = np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1])
+            y = self._matmul(codes, x.qp, None, w)
+        else:
+            spec = self.qm.specs[in_site]
+            if spec.mode == "dynamic":
+                codes, row_scale = self._dynamic(in_site, x, spec)
+                y = self._matmul(codes, None, row_scale, w)
+            else:  # input kept in float: W8A32 with the dequantized weights
+                y = ops.linear(np.asarray(x, np.float32), w.q.astype(np.float32) * w.scale[:, None], w.bias)
+                return y
+        return y.reshape(*lead, -1)
+
+    # ---- attention
+    def _heads_codes(self, name: str, x):
+        """A q/k/v value -> (codes [B, h, T, d], per-sequence scale [B]) or None if kept in float."""
+        B, T, C = (x.q.shape if isinstance(x, QTensor) else x.shape)
+        h = self.cfg.num_attention_heads
+        if isinstance(x, QTensor):
+            if x.qp.granularity != "tensor" or x.qp.int_dtype != np.int8:
+                raise QuantError(f"{name}: attention operands must be signed 8-bit per tensor")
+            codes, scale = x.q, np.full(B, x.qp.scale, np.float32)
+        else:
+            spec = self.qm.specs[name]
+            if spec.mode != "dynamic" or spec.bits > 8:
+                return None
+            codes2, row_scale = self._dynamic(name, x, spec)
+            codes, scale = codes2.reshape(B, T, C), row_scale.reshape(B, T)[:, 0]
+        return codes.reshape(B, T, h, C // h).transpose(0, 2, 1, 3), scale
+
+    def attention(self, prefix, q, k, v, bias):
+        qc, kc, vc = (self._heads_codes(f"{prefix}.{n}.out", t) for n, t in (("query", q), ("key", k), ("value", v)))
+        probs_qp = self.qm.site_qparams.get(prefix + ".probs")
+        if qc is None or kc is None or vc is None or probs_qp is None:
+            return self._attention_float(prefix, q, k, v, bias)
+        (q8, sq), (k8, sk), (v8, sv) = qc, kc, vc
+        B, h, T, d = q8.shape
+        # scores = Q K^T: [B*h, T, d] x [B*h, T, d] -> int32 [B*h, T, T]
+        if self.sim:
+            acc = np.matmul(q8.astype(np.float64), k8.astype(np.float64).transpose(0, 1, 3, 2))
+        else:
+            acc = kg.bgemm_s8s8(np.ascontiguousarray(q8).reshape(B * h, T, d), np.ascontiguousarray(k8).reshape(B * h, T, d))
+            acc = acc.reshape(B, h, T, T)
+        scores = acc.astype(np.float32) * (sq * sk * np.float32(1.0 / np.sqrt(d)))[:, None, None, None]
+        scores = self.f(self.site(prefix + ".scores", scores)) + bias
+        p = self._emit(prefix + ".probs", self._quantize_static(ops.softmax(scores).astype(np.float32), probs_qp))
+        # context = P V: [B*h, T, T] x [B*h, d, T] -> int32 [B*h, T, d]
+        if self.sim:
+            ctx = np.matmul(dequantize(p.q, probs_qp).astype(np.float64), v8.astype(np.float64))
+            ctx = ctx.astype(np.float32) * sv[:, None, None, None]
+        else:
+            vt = np.ascontiguousarray(v8.transpose(0, 1, 3, 2)).reshape(B * h, d, T)
+            pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
+            if p.q.dtype == np.uint8:
+                acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt)
+            else:
+                acc = kg.bgemm_s8s8(pc, vt)
+            ctx = acc.reshape(B, h, T, d).astype(np.float32) * (np.float32(probs_qp.scale) * sv)[:, None, None, None]
+        return ops.merge_heads(ctx)
+
+    def _attention_float(self, prefix, q, k, v, bias):
+        hh = self.cfg.num_attention_heads
+        qh, kh, vh = (ops.split_heads(np.asarray(self.f(t), np.float32), hh) for t in (q, k, v))
+        scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1]))
+        scores = self.f(self.site(prefix + ".scores", scores)) + bias
+        p = self.f(self.site(prefix + ".probs", ops.softmax(scores)))
+        return ops.merge_heads(p @ vh)
+
+    # ---- residual sums
+    def add(self, name, a, b):
+        qp = self.qm.site_qparams.get(name)
+        if (qp is None or not isinstance(a, QTensor) or not isinstance(b, QTensor)
+                or a.qp.granularity == "channel" or b.qp.granularity == "channel"):
+            return self.site(name, self.f(a) + self.f(b))
+        if self.sim:  # the integer add rescales each operand in float64: simulate exactly that
+            return self._emit(name, QTensor(_add_requant_sim(a, b, qp), qp))
+        return self._emit(name, QTensor(_add_requant_int(a, b, qp), qp))
+
+    def _emit(self, name: str, value):
+        """A site value produced without passing site() (integer adds, probs): a hook for taps."""
+        return value
+
+
+def _group_view(t: QTensor, bounds: np.ndarray):
+    """Per-group (scale, zp) of a QTensor for the column groups `bounds` (per tensor broadcasts)."""
+    G = len(bounds) - 1
+    if t.qp.granularity == "tensor":
+        return np.full(G, t.qp.scale, np.float64), np.full(G, t.qp.zero_point, np.int64)
+    if not np.array_equal(t.qp.group_bounds, bounds):
+        raise QuantError("residual operands use different group bounds; PEG sites must share one grouping")
+    return t.qp.scale.astype(np.float64), t.qp.zero_point.astype(np.int64)
+
+
+def _out_groups(qp: QParams, C: int) -> np.ndarray:
+    return qp.group_bounds if qp.granularity == "group" else np.array([0, C], np.int64)
+
+
+def _add_requant_int(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
+    C = a.q.shape[-1]
+    bounds = _out_groups(qp, C)
+    if qp.granularity == "tensor" and a.qp.granularity == "tensor" and b.qp.granularity == "tensor":
+        return kq.add_requant(a.q, float(a.qp.scale), int(a.qp.zero_point), b.q, float(b.qp.scale), int(b.qp.zero_point),
+                              float(qp.scale), int(qp.zero_point), qp.qmin, qp.qmax, qp.int_dtype)
+    # Per-group: one integer add per contiguous column group, each with its own rescale.
+    sa, za = _group_view(a, bounds)
+    sb, zb = _group_view(b, bounds)
+    so = np.broadcast_to(qp.scale, (len(bounds) - 1,))
+    zo = np.broadcast_to(qp.zero_point, (len(bounds) - 1,))
+    out = np.empty(a.q.shape, qp.int_dtype)
+    for g in range(len(bounds) - 1):
+        s = slice(bounds[g], bounds[g + 1])
+        out[..., s] = kq.add_requant(np.ascontiguousarray(a.q[..., s]), sa[g], int(za[g]), np.ascontiguousarray(b.q[..., s]),
+                                     sb[g], int(zb[g]), float(so[g]), int(zo[g]), qp.qmin, qp.qmax, qp.int_dtype)
+    return out
+
+
+def _add_requant_sim(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
+    C = a.q.shape[-1]
+    bounds = _out_groups(qp, C)
+    sa, za = _group_view(a, bounds)
+    sb, zb = _group_view(b, bounds)
+    so = np.broadcast_to(qp.scale, (len(bounds) - 1,)).astype(np.float64)
+    zo = np.broadcast_to(qp.zero_point, (len(bounds) - 1,))
+    out = np.empty(a.q.shape, qp.int_dtype)
+    for g in range(len(bounds) - 1):
+        s = slice(bounds[g], bounds[g + 1])
+        out[..., s] = kref.add_requant_ref(a.q[..., s], sa[g], int(za[g]), b.q[..., s], sb[g], int(zb[g]),
+                                           so[g], int(zo[g]), qp.qmin, qp.qmax, qp.int_dtype)
+    return out
+
+
+# -------------------------------------------------------------------------------- calibration
+
+
+class _Calibrator(Executor):
+    """FP32 forward that feeds every static site's estimator (padding masked out)."""
+
+    def __init__(self, params, cfg, estimators: dict):
+        super().__init__(params, cfg)
+        self.estimators = estimators
+
+    def site(self, name, x):
+        est = self.estimators.get(name)
+        if est is not None and x is not None:
+            x = np.asarray(x, np.float32)
+            mask = None
+            if x.ndim == 3 and self.mask is not None:
+                mask = self.mask
+            elif x.ndim == 4 and self.mask is not None:  # attention scores/probs [B, h, T, T]
+                m = self.mask.astype(bool)
+                mask = np.broadcast_to(m[:, None, :, None] & m[:, None, None, :], x.shape)
+            est.update(x, mask)
+        return x
+
+    def attention(self, prefix, q, k, v, bias):
+        hh = self.cfg.num_attention_heads
+        qh, kh, vh = (ops.split_heads(t, hh) for t in (q, k, v))
+        scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1]))
+        self.site(prefix + ".scores", scores)
+        p = ops.softmax(scores + bias)
+        self.site(prefix + ".probs", p)
+        return ops.merge_heads(p @ vh)
+
+
+# ---------------------------------------------------------------------------- the quantized model
+
+
+class QuantizedModel(Model):
+    """A Model whose executor runs a recipe. params are the FP32 params after any PEG permutation fold."""
+
+    def __init__(self, base: Model, recipe: Recipe, overrides: Sequence[tuple[str, dict]] = ()):
+        super().__init__(base.config, dict(base.params), base.tokenizer, base.pooling, base.source)
+        self.recipe = recipe
+        self.overrides = tuple(overrides)
+        self.sites, self.linear_inputs = discover_sites(base)
+        for pattern, _ in self.overrides:
+            if not any(fnmatch.fnmatchcase(s, pattern) for s in self.sites):
+                raise QuantError(f"override pattern {pattern!r} matches no site; sites look like {self.sites[3]!r}, "
+                                 f"{self.sites[-2]!r} (see `npbert quantize --list-sites`)")
+        self.specs = {s: recipe.spec(s, self.overrides) for s in self.sites}
+        self.site_qparams: dict[str, QParams] = {}
+        self.perm: np.ndarray | None = None
+        self.qweights: dict[str, QWeight] = {}
+        self.calibrated = False
+        for s, sp in self.specs.items():
+            if sp.mode == "static" and sp.fixed_range is not None:
+                self.site_qparams[s] = qparams_from_range(*sp.fixed_range, sp.bits, sp.symmetric)
+
+    @property
+    def static_sites(self) -> list[str]:
+        return [s for s, sp in self.specs.items() if sp.mode == "static" and sp.fixed_range is None]
+
+    @property
+    def group_sites(self) -> list[str]:
+        return [s for s in self.static_sites if self.specs[s].granularity == "group"]
+
+    def executor(self, simulate: bool = False) -> QuantExecutor:
+        if self.static_sites and not self.calibrated:
+            raise CalibrationError(f"recipe {self.recipe.name!r} has static sites: call calibrate(model, texts) first")
+        return QuantExecutor(self, simulate)
+
+    def forward(self, batch: Batch, executor: Executor | None = None) -> Output:
+        out = super().forward(batch, executor or self.executor())
+        if self.perm is not None:  # the residual stream runs in permuted order: restore HF's order
+            out.last_hidden_state = out.last_hidden_state[..., peg.inverse_permutation(self.perm)]
+        return out
+
+    # ---- calibration
+    def calibrate(self, batches: Iterable[Batch], progress: bool = False) -> "QuantizedModel":
+        sites = self.static_sites
+        C = self.config.hidden_size
+        ests = {}
+        for s in sites:
+            sp = self.specs[s]
+            axis = -1 if sp.granularity == "group" else None
+            ests[s] = make_estimator(sp.estimator, bits=sp.bits, symmetric=sp.symmetric, axis=axis)
+        cal = _Calibrator(self.params, self.config, ests)
+        n_seq = 0
+        batches = list(batches)
+        from npbert.eval.progress import Progress  # a tiny stderr progress line; no dependency
+
+        with Progress(len(batches), "calibrating", enabled=progress) as bar:
+            for b in batches:
+                Model.forward(self, b, cal)
+                n_seq += len(b)
+                bar.update(1)
+        if n_seq == 0:
+            raise CalibrationError("the calibration set is empty; pass at least one text (e.g. --calib-size 128)")
+        groups = self.recipe.peg_groups
+        if self.group_sites and n_seq < groups:
+            raise CalibrationError(
+                f"PEG with {groups} groups needs at least {groups} calibration sequences to rank the hidden "
+                f"dims by range; got {n_seq}. Pass more calibration texts or fewer groups"
+            )
+        ranges = {}
+        for s, e in ests.items():
+            try:
+                ranges[s] = e.range()
+            except CalibrationError:
+                raise CalibrationError(f"site {s}: no valid (unpadded) values seen during calibration") from None
+        if self.group_sites:
+            if self.recipe.peg_permute:
+                # One permutation for the whole residual stream: it folds into every weight that reads or
+                # writes it, so run time pays nothing. Ranked by each dim's widest range over PEG sites.
+                widest = np.max([ranges[s][1] - ranges[s][0] for s in self.group_sites], axis=0)
+                self.perm = peg.range_permutation(widest)
+                self.params = fold_permutation(self.params, self.config, self.perm)
+            bounds = group_bounds_equal(C, groups)
+            for s in self.group_sites:
+                lo, hi = ranges[s]
+                if self.perm is not None:
+                    lo, hi = lo[self.perm], hi[self.perm]
+                glo, ghi = np.minimum.reduceat(lo, bounds[:-1]), np.maximum.reduceat(hi, bounds[:-1])
+                self.site_qparams[s] = qparams_from_range(glo, ghi, self.specs[s].bits, self.specs[s].symmetric,
+                                                          axis=-1, group_bounds=bounds)
+        for s in sites:
+            if s not in self.site_qparams:
+                sp = self.specs[s]
+                self.site_qparams[s] = qparams_from_range(*ranges[s], sp.bits, sp.symmetric)
+        self.calibrated = True
+        self._quantize_weights()
+        return self
+
+    def _quantize_weights(self) -> None:
+        r = self.recipe
+        self.qweights = {
+            n: quantize_weight(self.params[n + ".weight"], self.params[n + ".bias"], r.weight_bits, r.weight_granularity,
+                               r.weight_estimator)
+            for n in linear_names(self.config)
+        }
+
+    # ---- save / load
+    def save(self, out_dir: str | Path) -> Path:
+        return save_quantized(self, out_dir)
+
+
+class _SiteTap:
+    """Mixin: remember every site's value (as float32) from one forward."""
+
+    def site(self, name, x):
+        return self._emit(name, super().site(name, x))
+
+    def _emit(self, name, value):
+        if value is not None:
+            self.seen[name] = np.asarray(self.f(value), np.float32)
+        return value
+
+
+class _FP32Tap(_SiteTap, Executor):
+    def __init__(self, params, cfg):
+        Executor.__init__(self, params, cfg)
+        self.seen = {}
+
+    def attention(self, prefix, q, k, v, bias):
+        return _Calibrator.attention(self, prefix, q, k, v, bias)
+
+
+class _QuantTap(_SiteTap, QuantExecutor):
+    def __init__(self, qm, simulate=False):
+        QuantExecutor.__init__(self, qm, simulate)
+        self.seen = {}
+
+
+def site_errors(qm: "QuantizedModel", fp32: Model, batches: Iterable[Batch], simulate: bool = False) -> dict[str, dict]:
+    """Per-site error of the quantized model against FP32 over real tokens: {site: {nmse, sqnr_db}}.
+
+    NMSE = sum (q - x)^2 / sum x^2 over unpadded positions (attention maps: valid query and key).
+    Values at PEG sites are compared in the model's own (permuted) order against FP32's permuted values.
+    """
+    err: dict[str, list] = {}
+    inv_needed = qm.perm is not None
+    for b in batches:
+        ref = _FP32Tap(fp32.params, fp32.config)
+        Model.forward(fp32, b, ref)
+        tap = _QuantTap(qm, simulate)
+        Model.forward(qm, b, tap)
+        m = b.attention_mask.astype(bool)
+        for s, x in ref.seen.items():
+            y = tap.seen.get(s)
+            if y is None:
+                continue
+            if inv_needed and y.ndim == 3 and y.shape[-1] == qm.config.hidden_size:
+                y = y[..., peg.inverse_permutation(qm.perm)]
+            if x.ndim == 3:
+                x, y = x[m], y[m]
+            elif x.ndim == 4:
+                mm = m[:, None, :, None] & m[:, None, None, :]
+                mm = np.broadcast_to(mm, x.shape)
+                x, y = x[mm], y[mm]
+            e = err.setdefault(s, [0.0, 0.0])
+            e[0] += float(np.sum((y.astype(np.float64) - x) ** 2))
+            e[1] += float(np.sum(x.astype(np.float64) ** 2))
+    out = {}
+    for s, (num, den) in err.items():
+        nmse = num / den if den > 0 else 0.0
+        out[s] = {"nmse": nmse, "sqnr_db": float(-10 * np.log10(nmse)) if nmse > 0 else float("inf")}
+    return out
+
+
+def fold_permutation(params: dict, cfg, perm: np.ndarray) -> dict:
+    """Permute the hidden dim of the residual stream in every tensor that reads or writes it.
+
+    Writers (rows / vectors permuted): embedding tables' columns, every LayerNorm's gamma and beta,
+    attention.output.dense and output.dense rows and biases. Readers (columns permuted): query, key,
+    value, intermediate.dense and the head's first linear. LayerNorm statistics are permutation
+    invariant, so the FP32 model computes the same numbers in permuted order.
+    """
+    p = dict(params)
+    for name in ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+                 "embeddings.token_type_embeddings.weight"):
+        if name in p:
+            p[name] = np.ascontiguousarray(p[name][:, perm])
+    ln = ["embeddings.LayerNorm"]
+    for i in range(cfg.num_hidden_layers):
+        pre = layer_prefix(i)
+        ln += [f"{pre}.attention.output.LayerNorm", f"{pre}.output.LayerNorm"]
+        for r in ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense"):
+            p[f"{pre}.{r}.weight"] = np.ascontiguousarray(peg.permute_linear_in(p[f"{pre}.{r}.weight"], perm))
+        for w in ("attention.output.dense", "output.dense"):
+            W, b = peg.permute_linear_out(p[f"{pre}.{w}.weight"], p[f"{pre}.{w}.bias"], perm)
+            p[f"{pre}.{w}.weight"], p[f"{pre}.{w}.bias"] = np.ascontiguousarray(W), b
+    for n in ln:
+        p[n + ".weight"] = peg.permute_vector(p[n + ".weight"], perm)
+        p[n + ".bias"] = peg.permute_vector(p[n + ".bias"], perm)
+    for reader in ("pooler.dense", "classifier.dense") + (("classifier",) if cfg.head == "token" else ()):
+        if reader + ".weight" in p:
+            p[reader + ".weight"] = np.ascontiguousarray(peg.permute_linear_in(p[reader + ".weight"], perm))
+    return p
+
+
+def quantize_model(
+    model: Model,
+    recipe: str,
+    calibration=None,
+    overrides: Sequence[tuple[str, dict] | str] = (),
+    progress: bool = False,
+    batch_size: int = 32,
+    weight_granularity: str | None = None,
+    peg_groups: int | None = None,
+    peg_permute: bool | None = None,
+) -> QuantizedModel:
+    """Build a QuantizedModel. calibration: (texts, pairs | None) or a list of texts; needed by static recipes.
+
+    weight_granularity ('tensor' | 'channel'), peg_groups and peg_permute override the recipe's defaults.
+    """
+    rec = get_recipe(recipe)
+    changes = {k: v for k, v in (("weight_granularity", weight_granularity), ("peg_groups", peg_groups),
+                                 ("peg_permute", peg_permute)) if v is not None}
+    if changes.get("weight_granularity", "tensor") not in ("tensor", "channel"):
+        raise QuantError(f"weight_granularity must be 'tensor' or 'channel', got {weight_granularity!r}")
+    if "peg_groups" in changes and (not isinstance(peg_groups, int) or peg_groups < 1):
+        raise QuantError(f"peg_groups must be a positive integer, got {peg_groups!r}")
+    rec = dataclasses.replace(rec, **changes) if changes else rec
+    ovr = [parse_override(o) if isinstance(o, str) else o for o in overrides]
+    qm = QuantizedModel(model, rec, ovr)
+    if qm.static_sites:
+        if calibration is None:
+            raise CalibrationError(f"recipe {recipe!r} needs calibration texts (static ranges); pass calibration=")
+        texts, pairs = calibration if isinstance(calibration, tuple) else (calibration, None)
+        if len(texts) == 0:
+            raise CalibrationError("the calibration set is empty; pass at least one text")
+        qm.calibrate([b for _, b in model.batches(texts, pairs, batch_size)], progress=progress)
+    else:
+        qm.calibrated = True
+        qm._quantize_weights()
+    return qm
+
+
+# ------------------------------------------------------------------------------------ save / load
+
+QUANT_JSON = "npbert_quant.json"
+QUANT_TENSORS = "quantized.safetensors"
+_COPY = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json",
+         "sentence_bert_config.json", "1_Pooling")
+
+
+def save_quantized(qm: QuantizedModel, out_dir: str | Path) -> Path:
+    """Integer weights, weight scales, site QParams, the PEG permutation and the recipe, as safetensors +
+    JSON. Written into a temporary folder and renamed into place: an interrupted save leaves nothing."""
+    import shutil
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    if not qm.calibrated:
+        raise CalibrationError("calibrate the model before saving it")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / QUANT_JSON).is_file():
+        raise InputError(f"{out_dir} exists and is not an npbert quantized model; choose a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        tensors = {}
+        qlin = set(qm.qweights)
+        for k, v in qm.params.items():
+            if k.endswith(".weight") and k[: -len(".weight")] in qlin:
+                continue
+            tensors[k] = np.ascontiguousarray(v, np.float32)
+        for n, w in qm.qweights.items():
+            tensors[f"{n}.weight.q"] = np.ascontiguousarray(w.q)
+            tensors[f"{n}.weight.scale"] = w.scale
+        if qm.perm is not None:
+            tensors["peg.perm"] = qm.perm
+        save_file(tensors, str(tmp / QUANT_TENSORS))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "recipe": qm.recipe.name,
+            "recipe_version": qm.recipe.version,
+            "overrides": [[p, kv] for p, kv in qm.overrides],
+            "site_qparams": {s: qp.to_dict() for s, qp in qm.site_qparams.items()},
+            "config": qm.config.to_dict(),
+        }
+        (tmp / QUANT_JSON).write_text(json.dumps(meta, indent=1, default=_json_default))
+        (tmp / "config.json").write_text(json.dumps(qm.config.to_dict(), indent=1))
+        src = Path(qm.source)
+        for name in _COPY:
+            if (src / name).is_dir():
+                shutil.copytree(src / name, tmp / name)
+            elif (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+def load_quantized(model_dir: str | Path) -> QuantizedModel:
+    """Load what save_quantized wrote; outputs are bit-identical to the saved model's."""
+    from npbert.config import BertConfig
+    from npbert.io.tokenizer import Tokenizer
+    from npbert.io.weights import load_safetensors
+    from npbert.model import Pooling
+
+    model_dir = Path(model_dir)
+    meta_file = model_dir / QUANT_JSON
+    if not meta_file.is_file():
+        raise InputError(f"{model_dir}: no {QUANT_JSON}; this is not an npbert quantized model (save one with "
+                         "`npbert quantize`)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise QuantError(f"{meta_file}: not valid JSON ({e}); re-save the model") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise QuantError(f"{meta_file}: format version {meta.get('format_version')!r}, this npbert reads "
+                         f"{FORMAT_VERSION}; re-quantize the FP32 model with this version")
+    recipe = get_recipe(meta.get("recipe", "?"))
+    if meta.get("recipe_version") != recipe.version:
+        raise QuantError(f"{meta_file}: saved by recipe {recipe.name!r} version {meta.get('recipe_version')!r}, "
+                         f"this npbert has version {recipe.version}; re-quantize the FP32 model")
+    cfg = BertConfig.from_dict(meta["config"], source=str(meta_file))
+    t = load_safetensors(model_dir / QUANT_TENSORS)
+    params = {k: v for k, v in t.items() if not (k.endswith((".weight.q", ".weight.scale")) or k == "peg.perm")}
+    qweights = {}
+    for n in linear_names(cfg):
+        try:
+            q, scale = np.array(t[f"{n}.weight.q"]), np.array(t[f"{n}.weight.scale"])
+        except KeyError:
+            raise QuantError(f"{model_dir / QUANT_TENSORS}: integer weights of {n!r} are missing; re-save") from None
+        params[n + ".weight"] = q.astype(np.float32) * scale[:, None]
+        qweights[n] = QWeight(q, scale, np.asarray(params[n + ".bias"], np.float32), kg.pack_int8_weight(q))
+    tok = Tokenizer.from_dir(model_dir, cfg.max_tokens) if (model_dir / "tokenizer.json").is_file() else None
+    base = Model(cfg, params, tok, Pooling.from_dir(model_dir), str(model_dir))
+    qm = QuantizedModel(base, recipe, [(p, kv) for p, kv in meta.get("overrides", [])])
+    qm.site_qparams = {s: QParams.from_dict(d) for s, d in meta["site_qparams"].items()}
+    unknown = set(qm.site_qparams) - set(qm.sites)
+    if unknown:
+        raise QuantError(f"{meta_file}: QParams for unknown sites {sorted(unknown)[:3]}; the file does not match the model")
+    qm.perm = np.array(t["peg.perm"]) if "peg.perm" in t else None
+    qm.qweights = qweights
+    qm.calibrated = True
+    return qm

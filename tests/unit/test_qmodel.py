@@ -1,0 +1,181 @@
+"""The quantized encoder: integer path vs its fake-quant simulation, PEG folding, save/load, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from npbert.errors import CalibrationError, QuantError
+from npbert.model import load_model
+from npbert.qmodel import (RECIPES, fold_permutation, load_quantized, quantize_model, site_errors)
+
+from tests.conftest import GOLDEN
+
+TINY_TEXTS = ["the cat sat on the mat", "a dog runs very fast", "the quick brown fox jumps over the lazy dog",
+              "good movie", "bad film is not good", "the man plays guitar", "a woman eats food", "night and day"]
+REAL_TEXTS = TINY_TEXTS + ["A man is playing a flute.", "The stock market fell sharply on Tuesday after the report.",
+                           "She said the results were surprisingly good, given how little data there was."]
+
+
+def nmse(a, ref, mask):
+    m = mask.astype(bool)
+    return float(((a - ref)[m] ** 2).sum() / (ref[m] ** 2).sum())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(GOLDEN / "tiny-bert")
+
+
+# Integer path vs fake-quant simulation. The simulation runs every GEMM in float64 on dequantized
+# values, the integer path accumulates exactly and rounds its float epilogue in float32; where a value
+# lands within ~1e-7 of a rounding boundary of the next quantizer the two pick neighbouring codes, and
+# that one-step difference propagates. Budget: the integer path's distance to the simulation is at most
+# 5% of the simulation's own quantization noise (NMSE vs FP32). Measured on all-MiniLM-L6-v2: 0 for
+# w8a8/peg, 0.6% for dynamic, 1.1% for w8a8-mp; on the tiny model <= 1e-7 relative.
+SIM_BUDGET = 0.05
+
+
+def _int_vs_sim(model, texts, recipe):
+    qm = quantize_model(model, recipe, calibration=texts)
+    b = model.tokenizer.encode(texts)
+    ref = model.forward(b).last_hidden_state
+    o_int = qm.forward(b).last_hidden_state
+    o_sim = qm.forward(b, qm.executor(simulate=True)).last_hidden_state
+    return nmse(o_int, o_sim, b.attention_mask), nmse(o_sim, ref, b.attention_mask)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_integer_path_matches_simulation_tiny(tiny, recipe):
+    d_int, d_q = _int_vs_sim(tiny, TINY_TEXTS, recipe)
+    assert d_int <= SIM_BUDGET * d_q + 1e-12, (d_int, d_q)
+    assert 0 < d_q < 0.05  # it did quantize, and not into garbage
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_integer_path_matches_simulation_minilm(minilm_dir, recipe):
+    d_int, d_q = _int_vs_sim(load_model(minilm_dir), REAL_TEXTS, recipe)
+    assert d_int <= SIM_BUDGET * d_q, (d_int, d_q)
+
+
+def test_fold_permutation_keeps_fp32_outputs(tiny):
+    from npbert.quant.peg import inverse_permutation
+
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    ref = tiny.forward(b)
+    perm = np.random.default_rng(0).permutation(tiny.config.hidden_size)
+    folded = load_model(GOLDEN / "tiny-bert")
+    folded.params = fold_permutation(tiny.params, tiny.config, perm)
+    out = folded.forward(b)
+    # Permutation changes only the order of LayerNorm's C-term sums: float32 rounding, ~C * eps.
+    FOLD_ATOL = 1e-5
+    m = b.attention_mask.astype(bool)
+    np.testing.assert_allclose(out.last_hidden_state[..., inverse_permutation(perm)][m], ref.last_hidden_state[m],
+                               atol=FOLD_ATOL, rtol=0)
+    np.testing.assert_allclose(out.logits, ref.logits, atol=FOLD_ATOL, rtol=0)
+
+
+def test_peg_one_group_no_permutation_equals_w8a8_exactly(tiny):
+    # Same estimator at the FFN sites in both, so the ranges agree; then every code must agree.
+    minmax = [f"{p}=estimator:minmax" for p in ("*.attention.output.LayerNorm.out", "*.output.dense.out", "*.output.residual")]
+    w8a8 = quantize_model(tiny, "w8a8", calibration=TINY_TEXTS, overrides=minmax)
+    peg1 = quantize_model(tiny, "peg", calibration=TINY_TEXTS, peg_groups=1, peg_permute=False)
+    assert peg1.site_qparams["encoder.layer.0.output.residual"].granularity == "group"
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    a, c = w8a8.forward(b), peg1.forward(b)
+    assert np.array_equal(a.last_hidden_state, c.last_hidden_state)
+    assert np.array_equal(a.logits, c.logits)
+
+
+def test_peg_permutation_is_folded_and_undone(tiny):
+    qm = quantize_model(tiny, "peg", calibration=TINY_TEXTS, peg_groups=3)
+    assert qm.perm is not None and sorted(qm.perm) == list(range(tiny.config.hidden_size))
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    ref = tiny.forward(b).last_hidden_state
+    assert nmse(qm.forward(b).last_hidden_state, ref, b.attention_mask) < 0.05  # returned in HF's order
+
+
+def test_save_load_bit_identical(tiny, tmp_path):
+    for recipe in RECIPES:
+        qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
+        out = qm.save(tmp_path / recipe)
+        re = load_quantized(out)
+        b = tiny.tokenizer.encode(TINY_TEXTS[:3])
+        a, c = qm.forward(b), re.forward(b)
+        assert np.array_equal(a.last_hidden_state, c.last_hidden_state), recipe
+        assert np.array_equal(a.logits, c.logits), recipe
+
+
+def test_sixteen_bit_residuals_lower_residual_error(task_models_dir):
+    m = load_model(task_models_dir / "MRPC")
+    texts = REAL_TEXTS * 2
+    batches = [b for _, b in m.batches(REAL_TEXTS, REAL_TEXTS[::-1], 16)]
+    e8 = site_errors(quantize_model(m, "w8a8", calibration=(texts, texts[::-1])), m, batches)
+    e16 = site_errors(quantize_model(m, "w8a8-mp", calibration=(texts, texts[::-1])), m, batches)
+    residual = [s for s in e8 if s.endswith("output.residual") and ".attention." not in s]
+    assert len(residual) == m.config.num_hidden_layers
+    for s in residual:
+        assert e16[s]["nmse"] < e8[s]["nmse"], (s, e16[s], e8[s])
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+def test_unknown_recipe(tiny):
+    with pytest.raises(QuantError, match="unknown recipe 'int4'; valid: dynamic"):
+        quantize_model(tiny, "int4")
+
+
+def test_unknown_site_pattern(tiny):
+    with pytest.raises(QuantError, match="matches no site"):
+        quantize_model(tiny, "dynamic", overrides=["encoder.layer.9.nothing=off"])
+
+
+@pytest.mark.parametrize("bits", [1, 17, 0])
+def test_bits_out_of_range(tiny, bits):
+    with pytest.raises(QuantError, match="bits must be in 2..16"):
+        quantize_model(tiny, "dynamic", overrides=[f"*.output.dense.in=bits:{bits}"])
+
+
+def test_bad_override_syntax(tiny):
+    with pytest.raises(QuantError, match="PATTERN=off"):
+        quantize_model(tiny, "dynamic", overrides=["no-equals-sign"])
+    with pytest.raises(QuantError, match="unknown key 'colour'"):
+        quantize_model(tiny, "dynamic", overrides=["*=colour:red"])
+
+
+def test_empty_calibration(tiny):
+    with pytest.raises(CalibrationError, match="empty"):
+        quantize_model(tiny, "w8a8", calibration=[])
+    with pytest.raises(CalibrationError, match="needs calibration"):
+        quantize_model(tiny, "w8a8", calibration=None)
+
+
+def test_calibration_shorter_than_groups(tiny):
+    with pytest.raises(CalibrationError, match="PEG with 6 groups needs at least 6 calibration sequences"):
+        quantize_model(tiny, "peg", calibration=TINY_TEXTS[:2])
+
+
+def test_load_other_recipe_version(tiny, tmp_path):
+    out = quantize_model(tiny, "dynamic").save(tmp_path / "q")
+    meta = json.loads((out / "npbert_quant.json").read_text())
+    meta["recipe_version"] = 999
+    (out / "npbert_quant.json").write_text(json.dumps(meta))
+    with pytest.raises(QuantError, match="version 999, this npbert has version 1; re-quantize"):
+        load_quantized(out)
+    meta["recipe_version"], meta["format_version"] = 1, 0
+    (out / "npbert_quant.json").write_text(json.dumps(meta))
+    with pytest.raises(QuantError, match="format version 0"):
+        load_quantized(out)
+
+
+def test_save_refuses_foreign_folder(tiny, tmp_path):
+    d = tmp_path / "not-ours"
+    shutil.copytree(GOLDEN / "tiny-bert", d)
+    with pytest.raises(Exception, match="not an npbert quantized model"):
+        quantize_model(tiny, "dynamic").save(d)
+    assert (d / "model.safetensors").is_file()  # nothing lost
