@@ -13,10 +13,9 @@ import pytest
 
 from npbert.config import BertConfig
 from npbert.errors import CalibrationError, NpbertError, UnsupportedModelError
-from npbert.eval import runner
 from npbert.eval.progress import Progress
 from npbert.eval.runner import calibration_sample, evaluate, parse_recipes
-from npbert.eval.tasks import TASKS, load_split
+from npbert.eval.tasks import TASKS
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
