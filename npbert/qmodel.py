@@ -134,10 +134,43 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise QuantError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)} (or fp32)")
-    return RECIPES[name]
+RECIPE_OPTIONS = "weights=tensor|channel, groups=K, permute=0|1, tmiqr=ff2|all, estimator=NAME"
+
+
+def get_recipe(spec: str) -> Recipe:
+    """'NAME' or 'NAME:key=value,...' -> Recipe. Options (any recipe): weights=tensor|channel;
+    estimator=NAME for every static site; PEG: groups=K, permute=0|1; TM-IQR: tmiqr=ff2|all (all: clip
+    every linear input, not only FF2's). The full string is the recipe's name in results and files."""
+    if not isinstance(spec, str):
+        raise QuantError(f"recipe must be a string, got {spec!r}")
+    base, _, opts = spec.partition(":")
+    if base not in RECIPES:
+        raise QuantError(f"unknown recipe {base!r}; valid: {', '.join(RECIPES)} (or fp32), optionally NAME:{RECIPE_OPTIONS}")
+    rec = RECIPES[base]
+    if not opts:
+        return rec
+    changes: dict = {"name": spec}
+    extra_rules: list = []
+    for item in opts.split(","):
+        key, _, val = item.partition("=")
+        key, val = key.strip(), val.strip()
+        if key == "weights" and val in ("tensor", "channel"):
+            changes["weight_granularity"] = val
+        elif key == "groups" and val.isdigit() and int(val) >= 1:
+            changes["peg_groups"] = int(val)
+        elif key == "permute" and val in ("0", "1"):
+            changes["peg_permute"] = val == "1"
+        elif key == "tmiqr" and val in ("ff2", "all"):
+            patterns = ("*.output.dense.in",) if val == "ff2" else LINEAR_INPUTS
+            extra_rules += [(p, {"tmiqr": True}) for p in patterns]
+        elif key == "estimator" and val in ESTIMATORS:
+            extra_rules.append(("*", {"estimator": val}))
+        else:
+            raise QuantError(f"recipe {spec!r}: bad option {item!r}; options are {RECIPE_OPTIONS} "
+                             f"(estimators: {', '.join(ESTIMATORS)})")
+    if extra_rules:
+        changes["rules"] = (*rec.rules, *extra_rules)
+    return dataclasses.replace(rec, **changes)
 
 
 def parse_override(text: str) -> tuple[str, dict]:

@@ -82,16 +82,8 @@ def _quantize_api():
 
 
 def _needs_calibration(qmodel, recipe: str) -> bool:
-    """Ask qmodel's RECIPES registry whether `recipe` is static. Unknown: pass the sample anyway
-    (a dynamic recipe ignores it; an unknown recipe name is rejected by quantize_model itself)."""
-    reg = getattr(qmodel, "RECIPES", None)
-    spec = reg.get(recipe) if isinstance(reg, dict) else None
-    if spec is not None:
-        for attr in ("needs_calibration", "static"):
-            v = spec.get(attr) if isinstance(spec, dict) else getattr(spec, attr, None)
-            if isinstance(v, bool):
-                return v
-    return True
+    """Whether the recipe has statically calibrated sites (qmodel resolves names and options)."""
+    return qmodel.get_recipe(recipe).needs_calibration
 
 
 def calibration_sample(t: Task, examples: Examples, size: int, seed: int) -> tuple[list[str], list[str] | None]:
@@ -254,10 +246,8 @@ def evaluate(
     calibration = None
     if quantized:  # everything that can fail does so before the slow work
         quantize_model, qmodel = _quantize_api()
-        reg = getattr(qmodel, "RECIPES", None)
-        unknown = [r for r in quantized if isinstance(reg, dict) and r not in reg]
-        if unknown:
-            raise QuantError(f"unknown recipe(s) {unknown}; valid: {', '.join([FP32, *reg])}")
+        for r in quantized:
+            qmodel.get_recipe(r)  # unknown names and bad options fail here, before any scoring
         if any(_needs_calibration(qmodel, r) for r in quantized):
             if calib_size < 1:
                 raise InputError(f"calib_size must be >= 1, got {calib_size}")
