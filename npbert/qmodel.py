@@ -138,20 +138,20 @@ RECIPE_OPTIONS = "weights=tensor|channel, groups=K, permute=0|1, tmiqr=ff2|all, 
 
 
 def get_recipe(spec: str) -> Recipe:
-    """'NAME' or 'NAME:key=value,...' -> Recipe. Options (any recipe): weights=tensor|channel;
+    """'NAME' or 'NAME:key=value:key=value' -> Recipe (':' separates options, so recipe lists can use ','). Options (any recipe): weights=tensor|channel;
     estimator=NAME for every static site; PEG: groups=K, permute=0|1; TM-IQR: tmiqr=ff2|all (all: clip
     every linear input, not only FF2's). The full string is the recipe's name in results and files."""
     if not isinstance(spec, str):
         raise QuantError(f"recipe must be a string, got {spec!r}")
-    base, _, opts = spec.partition(":")
+    base, *opts = spec.split(":")
     if base not in RECIPES:
-        raise QuantError(f"unknown recipe {base!r}; valid: {', '.join(RECIPES)} (or fp32), optionally NAME:{RECIPE_OPTIONS}")
+        raise QuantError(f"unknown recipe {base!r}; valid: {', '.join(RECIPES)} (or fp32), optionally NAME:key=value:... with {RECIPE_OPTIONS}")
     rec = RECIPES[base]
     if not opts:
         return rec
     changes: dict = {"name": spec}
     extra_rules: list = []
-    for item in opts.split(","):
+    for item in opts:
         key, _, val = item.partition("=")
         key, val = key.strip(), val.strip()
         if key == "weights" and val in ("tensor", "channel"):
