@@ -733,6 +733,16 @@ def fold_permutation(params: dict, cfg, perm: np.ndarray) -> dict:
     return p
 
 
+def calibrate(qm: QuantizedModel, batches: Iterable[Batch] | Sequence[str], progress: bool = False,
+              batch_size: int = 32) -> QuantizedModel:
+    """Run calibration batches (Batch objects, or texts tokenized here) through the static sites and
+    freeze their ranges; padding never enters a statistic. Deterministic for the same inputs."""
+    batches = list(batches)
+    if batches and isinstance(batches[0], str):
+        batches = [b for _, b in qm.batches(batches, batch_size=batch_size)]
+    return qm.calibrate(batches, progress=progress)
+
+
 def quantize_model(
     model: Model,
     recipe: str,
