@@ -113,7 +113,8 @@ def activation_stats(model: Model, batches: Iterable, k_sigma: float = DEFAULT_K
         "layer": int | None, "family": str, "kind": hidden | intermediate | attention | vector,
         "n_values", "min", "max", "absmax", "mean", "std", "threshold" (= k_sigma * std),
         hidden sites only: "per_dim_absmax" float64 [C], "per_dim_outlier_count" int64 [C] (tokens with
-        |x - mean| > threshold in that dim; divide by n_tokens for the fraction)}}}.
+        |x - mean| > threshold in that dim; divide by n_tokens for the fraction), "outlier_tokens" {dim:
+        [(token id, outlier count), ...]} the five token ids most often outliers in that dim}}}.
     """
     if not (isinstance(k_sigma, (int, float)) and math.isfinite(k_sigma) and k_sigma > 0):
         raise InputError(f"k_sigma must be a positive number, got {k_sigma!r}")
@@ -141,12 +142,18 @@ def activation_stats(model: Model, batches: Iterable, k_sigma: float = DEFAULT_K
         if kind == "hidden":
             np.maximum(s["dim_absmax"], np.abs(vals).max(axis=0), out=s["dim_absmax"])
 
+    V = model.config.vocab_size
+    cur_ids = np.zeros(0, np.int64)  # token ids of the current batch's real tokens, in x[mask] order
+
     def counts(name, vals, kind):
         s = acc[name]
         if kind != "hidden" or vals.size == 0:
             return
-        c = np.count_nonzero(np.abs(vals.astype(np.float64) - s["mean"]) > s["threshold"], axis=0)
-        s["dim_count"] += c
+        over = np.abs(vals.astype(np.float64) - s["mean"]) > s["threshold"]  # [N, C]
+        s["dim_count"] += np.count_nonzero(over, axis=0)
+        tok, dim = np.nonzero(over)
+        if tok.size:  # which tokens carry the outliers: (dim, token id) pairs, counted once at the end
+            s["dim_token_keys"].append(dim.astype(np.int64) * V + cur_ids[tok])
 
     n_seq = sum(len(b) for b in batches)
     n_tok = int(sum(int(np.count_nonzero(b.attention_mask)) for b in batches))
@@ -161,7 +168,9 @@ def activation_stats(model: Model, batches: Iterable, k_sigma: float = DEFAULT_K
             s["threshold"] = k_sigma * s["std"]
             if s["kind"] == "hidden":
                 s["dim_count"] = np.zeros(s["dim_absmax"].shape, np.int64)
+                s["dim_token_keys"] = []
         for b in batches:
+            cur_ids = np.asarray(b.input_ids)[np.asarray(b.attention_mask).astype(bool)].astype(np.int64)
             Model.forward(model, b, _StatsTap(model.params, model.config, counts))
             bar.update(1)
 
@@ -178,6 +187,7 @@ def activation_stats(model: Model, batches: Iterable, k_sigma: float = DEFAULT_K
         if s["kind"] == "hidden":
             d["per_dim_absmax"] = s["dim_absmax"]
             d["per_dim_outlier_count"] = s["dim_count"]
+            d["outlier_tokens"] = _top_tokens(s["dim_token_keys"], V)
         sites[name] = d
     return {
         "n_sequences": n_seq, "n_tokens": n_tok, "hidden_size": model.config.hidden_size, "k_sigma": float(k_sigma),
@@ -187,8 +197,24 @@ def activation_stats(model: Model, batches: Iterable, k_sigma: float = DEFAULT_K
     }
 
 
-def _layer_label(layer: int | None) -> str:
-    return "emb/head" if layer is None else str(layer)
+def _top_tokens(keys: list[np.ndarray], V: int, k: int = 5) -> dict[int, list[tuple[int, int]]]:
+    """(dim * V + token id) keys -> {dim: [(token id, outlier count), ...] most frequent k first}."""
+    if not keys:
+        return {}
+    u, c = np.unique(np.concatenate(keys), return_counts=True)
+    dims, ids = u // V, u % V
+    out: dict[int, list[tuple[int, int]]] = {}
+    for j in np.unique(dims):
+        sel = np.flatnonzero(dims == j)
+        best = sel[np.argsort(-c[sel], kind="stable")[:k]]
+        out[int(j)] = [(int(ids[i]), int(c[i])) for i in best]
+    return out
+
+
+def _layer_label(layer: int | None, site: str = "") -> str:
+    if layer is not None:
+        return str(layer)
+    return "emb" if site.startswith("embeddings.") else "head"
 
 
 def outlier_table(stats: dict, top: int = 10) -> list[dict]:
@@ -204,6 +230,7 @@ def outlier_table(stats: dict, top: int = 10) -> list[dict]:
                 "dim": int(j), "layer": s["layer"], "site": name, "family": s["family"], "absmax": float(amax[j]),
                 "site_std": s["std"], "absmax_over_std": float(amax[j]) / s["std"] if s["std"] > 0 else None,
                 "outlier_tokens": int(cnt[j]), "outlier_fraction": int(cnt[j]) / n_tok,
+                "top_tokens": [[t, n] for t, n in s["outlier_tokens"].get(int(j), [])],
             })
     rows.sort(key=lambda r: -r["absmax"])
     return rows[:top]
@@ -281,16 +308,24 @@ def weight_clipping(qm) -> dict:
 
 
 def build_report(stats: dict, meta: dict, errors: dict | None = None, recipe: str | None = None, top: int = 10,
-                 weights: dict | None = None) -> dict:
-    """The JSON-able report: meta (model, data), site stats, outlier tables, FFN table, recipe errors."""
+                 weights: dict | None = None, id_to_token=None) -> dict:
+    """The JSON-able report: meta (model, data), site stats, outlier tables, FFN table, recipe errors.
+
+    id_to_token: token id -> string (the tokenizer's), to name the tokens that carry outliers.
+    """
+    def tok(t: int) -> str:
+        name = id_to_token(t) if id_to_token is not None else None
+        return name if name is not None else f"id {t}"
+
     n_layers = meta["model"]["num_hidden_layers"]
     sites = {}
     for name, s in stats["sites"].items():
-        d = {k: v for k, v in s.items() if k not in ("per_dim_absmax", "per_dim_outlier_count")}
+        d = {k: v for k, v in s.items() if k not in ("per_dim_absmax", "per_dim_outlier_count", "outlier_tokens")}
         if s["kind"] == "hidden":
-            d["per_dim_absmax"] = [float(v) for v in s["per_dim_absmax"]]
+            d["per_dim_absmax"] = [float(f"{v:.4g}") for v in s["per_dim_absmax"]]  # 4 digits: a report, not a fixture
             cnt = s["per_dim_outlier_count"]
             d["outlier_tokens_per_dim"] = {str(int(j)): int(cnt[j]) for j in np.flatnonzero(cnt)}  # dim -> count
+            d["outlier_top_tokens"] = {str(j): [[tok(t), n] for t, n in v] for j, v in s["outlier_tokens"].items()}
         sites[name] = d
     rep = {
         "npbert_report_version": REPORT_VERSION,
@@ -298,7 +333,7 @@ def build_report(stats: dict, meta: dict, errors: dict | None = None, recipe: st
         "n_sequences": stats["n_sequences"],
         "n_tokens": stats["n_tokens"],
         "outlier_rule": {"k_sigma": stats["k_sigma"], "text": stats["outlier_rule"]},
-        "outliers": outlier_table(stats, top),
+        "outliers": [{**r, "top_tokens": [[tok(t), n] for t, n in r["top_tokens"]]} for r in outlier_table(stats, top)],
         "outlier_dims": outlier_dims(stats, top),
         "ffn_per_layer": ffn_table(stats, n_layers),
         "recipe": None,
@@ -322,6 +357,10 @@ def _g(x, digits: int = 4) -> str:
     if isinstance(x, float) and math.isinf(x):
         return "inf"
     return f"{x:.{digits}g}"
+
+
+def _md_tok(t: str) -> str:
+    return t.replace("|", "\\|").replace("`", "'")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -359,10 +398,12 @@ def render_markdown(report: dict, plots: list[str] | None = None, plot_note: str
         L.append(f"- recipe `{rec['name']}`: {rec['calibration']}")
     L += ["", f"## Outlier hidden dimensions (top {len(report['outliers'])} by max |x|)", ""]
     if report["outliers"]:
-        rows = [[str(r["dim"]), _layer_label(r["layer"]), f"`{r['family']}`", _g(r["absmax"]), _g(r["site_std"], 3),
-                 _g(r["absmax_over_std"], 3), f"{r['outlier_tokens']} ({r['outlier_fraction']:.2%})"]
+        rows = [[str(r["dim"]), _layer_label(r["layer"], r["site"]), f"`{r['family']}`", _g(r["absmax"]), _g(r["site_std"], 3),
+                 _g(r["absmax_over_std"], 3), f"{r['outlier_tokens']} ({r['outlier_fraction']:.2%})",
+                 ", ".join(f"`{_md_tok(t)}` {n / r['outlier_tokens']:.0%}" for t, n in r["top_tokens"][:3])]
                 for r in report["outliers"]]
-        L += _md_table(["dim", "layer", "site", "max \\|x\\|", "site std", "max/std", "outlier tokens"], rows)
+        L += _md_table(["dim", "layer", "site", "max \\|x\\|", "site std", "max/std", "outlier tokens",
+                        "which tokens (share of its outliers)"], rows)
     else:
         L.append("No hidden dimension exceeds the rule at any site.")
     if report["outlier_dims"]:
@@ -588,6 +629,16 @@ def _read_data(path: Path, size: int, seed: int):
     return texts, pairs, len(texts_all)
 
 
+def _id_to_token(model_dir: Path):
+    """The tokenizer's id -> token string (None for unknown ids), or None without a usable tokenizer.json."""
+    try:
+        from tokenizers import Tokenizer as _HFTokenizer
+
+        return _HFTokenizer.from_file(str(model_dir / "tokenizer.json")).id_to_token
+    except Exception:  # tokenizers raises plain Exceptions; naming tokens is a nicety, ids still print
+        return None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from npbert.cli import atomic_write_bytes, default_model_dir
     from npbert.eval.progress import progress_enabled
@@ -632,7 +683,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                             progress=progress, batch_size=args.batch_size)
         errors = site_errors(qm, model, batches)
         weights = weight_clipping(qm)
-    report = build_report(stats, meta, errors, recipe, args.top, weights)
+    report = build_report(stats, meta, errors, recipe, args.top, weights, _id_to_token(model_dir))
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -64,6 +64,11 @@ def test_stats_match_numpy_from_fp32_tap(tiny):
         np.testing.assert_allclose([s["mean"], s["std"]], [x64.mean(), x64.std()], rtol=1e-9, atol=1e-12)
         want = np.count_nonzero(np.abs(x64 - s["mean"]) > 2.0 * s["std"], axis=0)
         np.testing.assert_array_equal(s["per_dim_outlier_count"], want)
+        over = np.abs(x64 - s["mean"]) > 2.0 * s["std"]
+        assert set(s["outlier_tokens"]) == set(np.flatnonzero(want).tolist())
+        for j, top in s["outlier_tokens"].items():  # (token id, count), most frequent first
+            ids, n = np.unique(b.input_ids[m][over[:, j]], return_counts=True)
+            assert top[0][1] == n.max() and dict(top).items() <= dict(zip(ids.tolist(), n.tolist())).items()
         assert s["layer"] == (None if name.startswith("embeddings") else int(name.split(".")[2]))
     # attention maps: valid query and key only
     p = tap.seen["encoder.layer.0.attention.self.probs"]
