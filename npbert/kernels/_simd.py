@@ -1,10 +1,11 @@
 """The GEMM micro-kernel: a 4 x 16 int32 tile over k-pairs of int16 operands.
 
-microkernel(a16, a_off, lda, wp, w_off, npairs, tile):
-    tile[r*16 + c] = sum_{p < npairs} a16[a_off + r*lda + 2p]     * wp[w_off + 32p + 2c]
-                                    + a16[a_off + r*lda + 2p + 1] * wp[w_off + 32p + 2c + 1]
-    for r < 4, c < 16; a16, wp int16 flat arrays, tile int32 [64]. int32 wrap-around arithmetic
-    (callers keep sums in range, see gemm.py).
+microkernel(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
+    out[o_off + r*ldo + c] = sum_{p < npairs} a16[a_off + r*lda + 2p]     * wp[w_off + 32p + 2c]
+                                            + a16[a_off + r*lda + 2p + 1] * wp[w_off + 32p + 2c + 1]
+    for r < 4, c < 16; a16, wp int16 flat arrays, out int32 flat (a [4, 16] tile buffer with
+    o_off = 0, ldo = 16, or straight into a C-contiguous int32 result). int32 wrap-around
+    arithmetic (callers keep sums in range, see gemm.py).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ NR = 16  # columns of a tile (= columns of a weight panel)
 
 
 @njit
-def microkernel_numba(a16, a_off, lda, wp, w_off, npairs, tile):
-    """Plain-Numba micro-kernel (the simple version; LLVM vectorises it to 128-bit vpmaddwd)."""
-    for i in range(MR * NR):
-        tile[i] = 0
+def microkernel_numba(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
+    """Plain-Numba micro-kernel (the simple version and the IR kernel's twin)."""
+    for r in range(MR):
+        for c in range(NR):
+            out[o_off + r * ldo + c] = 0
     for r in range(MR):
         ao = a_off + r * lda
+        oo = o_off + r * ldo
         for p in range(npairs):
             a0 = np.int32(a16[ao + 2 * p])
             a1 = np.int32(a16[ao + 2 * p + 1])
             wo = w_off + 2 * NR * p
             for c in range(NR):
-                tile[r * NR + c] += a0 * np.int32(wp[wo + 2 * c]) + a1 * np.int32(wp[wo + 2 * c + 1])
+                out[oo + c] += a0 * np.int32(wp[wo + 2 * c]) + a1 * np.int32(wp[wo + 2 * c + 1])
 
 
 
@@ -59,15 +62,16 @@ def _is_flat(t, dtype) -> bool:
 
 
 @intrinsic
-def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, tile):
-    if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int16) and _is_flat(tile, types.int32)):
+def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
+    if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int16) and _is_flat(out, types.int32)):
         return None
-    sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, tile)
+    sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, out, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         a_arr = context.make_array(signature.args[0])(context, builder, args[0])
         w_arr = context.make_array(signature.args[3])(context, builder, args[3])
-        t_arr = context.make_array(signature.args[6])(context, builder, args[6])
+        o_arr = context.make_array(signature.args[6])(context, builder, args[6])
+        o_off_v, ldo_v = args[7], args[8]
         a_off_v, lda_v, w_off_v, npairs_v = args[1], args[2], args[4], args[5]
         i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
         v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
@@ -99,10 +103,11 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, tile):
                     acc = accs[2 * r + h]
                     builder.store(builder.add(builder.load(acc), s), acc)
 
-        t_base = builder.bitcast(t_arr.data, i32.as_pointer())
+        o_base = builder.gep(builder.bitcast(o_arr.data, i32.as_pointer()), [o_off_v])
         for r in range(MR):
+            o_row = builder.gep(o_base, [builder.mul(ldo_v, ir.Constant(i64, r))])
             for h in range(2):
-                dst = builder.bitcast(builder.gep(t_base, [ir.Constant(i64, r * NR + 8 * h)]), v8i32.as_pointer())
+                dst = builder.bitcast(builder.gep(o_row, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer())
                 builder.store(builder.load(accs[2 * r + h]), dst, align=4)
         return context.get_dummy_value()
 
@@ -110,9 +115,9 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, tile):
 
 
 @njit
-def microkernel_ir(a16, a_off, lda, wp, w_off, npairs, tile):
+def microkernel_ir(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
     """The SIMD micro-kernel (same contract as microkernel_numba)."""
-    _microkernel_ir(a16, a_off, lda, wp, w_off, npairs, tile)
+    _microkernel_ir(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo)
 
 
 microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as its tested twin

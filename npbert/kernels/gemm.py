@@ -49,6 +49,7 @@ __all__ = [
 
 K_MAX_S8S8 = 131071  # (2^31 - 1) // 2^14
 K_MAX_U8S8 = 65793  # (2^31 - 1) // (255 * 128)
+_NO_FLAT = np.zeros(0, dtype=np.int32)  # "no direct store" (int64 results go through the tile)
 S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 2139095040 < 2^31
 
 
@@ -154,15 +155,23 @@ def _pack_panels(b, kp, out):
 
 
 @njit
-def _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, tile):
-    """All row tiles of column panel j: out[:, 16j:16j+16] (int32 or int64), k in blocks of kblock pairs."""
+def _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, out_flat, tile):
+    """All row tiles of column panel j: out[:, 16j:16j+16], k in blocks of kblock pairs.
+
+    out int32 with one k block: full 4 x 16 tiles are stored by the micro-kernel straight into
+    out_flat (out's C-contiguous memory); edge tiles and split-K blocks go through `tile` (int32 [64])
+    and are copied / added (int64 out for gemm_s16s8). out_flat is None-like (size 0) when unused."""
     n0 = j * NR
     nn = min(NR, n - n0)
+    direct = out_flat.shape[0] > 0 and kblock >= kp
     for i0 in range(0, m, MR):
         mm = min(MR, m - i0)
+        if direct and mm == MR and nn == NR:
+            microkernel(a16, i0 * lda, lda, wp, j * kp * 2 * NR, kp, out_flat, i0 * n + n0, n)
+            continue
         for p0 in range(0, kp, kblock):
             npairs = min(kblock, kp - p0)
-            microkernel(a16, i0 * lda + 2 * p0, lda, wp, (j * kp + p0) * 2 * NR, npairs, tile)
+            microkernel(a16, i0 * lda + 2 * p0, lda, wp, (j * kp + p0) * 2 * NR, npairs, tile, 0, NR)
             if p0 == 0:
                 for r in range(mm):
                     for c in range(nn):
@@ -174,12 +183,13 @@ def _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, tile):
 
 
 @jit(parallel=True)
-def _gemm_core(a16, lda, m, wp, kp, n, kblock, out):
-    """out[m, n] = a16[:m] @ W.T over kp k-pairs; a16 int16 flat [Mpad*lda], wp int16 flat [NP*kp*32]."""
+def _gemm_core(a16, lda, m, wp, kp, n, kblock, out, out_flat):
+    """out[m, n] = a16[:m] @ W.T over kp k-pairs; a16 int16 flat [Mpad*lda], wp int16 flat [NP*kp*32];
+    out_flat: out's memory as int32 [m*n] for direct tile stores, or an empty int32 array."""
     NP = (n + NR - 1) // NR
     for j in prange(NP):
-        tile = np.empty(MR * NR, dtype=np.int32)  # [4, 16] per-thread accumulator tile
-        _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, tile)
+        tile = np.empty(MR * NR, dtype=np.int32)  # [4, 16] per-thread edge/split-K tile
+        _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, out_flat, tile)
 
 
 @jit(parallel=True)
@@ -201,8 +211,9 @@ def _bgemm_core(a, zp, b, out):
             a16[k] = 0
         _pack_panels(b[i], kp, wp)
         oi = out[i]
+        oi_flat = oi.reshape(M * N)
         for j in range(NP):
-            _panel_rows(a16, lda, M, wp, kp, j, N, kp, oi, tile)
+            _panel_rows(a16, lda, M, wp, kp, j, N, kp, oi, oi_flat, tile)
 
 
 @jit(parallel=True)
@@ -228,7 +239,8 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
     a16 = np.empty(mpad * lda, dtype=np.int16)
     _widen(a, c0, c1, zp, mpad, lda, a16)
     out = np.empty((M, N), dtype=out_dtype)
-    _gemm_core(a16, lda, M, pw.panels, kp, N, kp if kblock is None else kblock, out)
+    out_flat = out.reshape(-1) if out.dtype == np.int32 else _NO_FLAT
+    _gemm_core(a16, lda, M, pw.panels, kp, N, kp if kblock is None else kblock, out, out_flat)
     return out
 
 

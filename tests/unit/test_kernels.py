@@ -64,11 +64,17 @@ def test_microkernel_ir_equals_numba_twin(npairs):
     lda = 2 * npairs + 6
     a = rng.integers(-32768, 32768, 3 + MR * lda + 8).astype(np.int16)
     w = rng.integers(-128, 128, 32 + 2 * NR * npairs + 8).astype(np.int16)
-    t1 = np.full(MR * NR, 7, np.int32)
-    t2 = np.full(MR * NR, -7, np.int32)
-    microkernel_ir(a, 3, lda, w, 32, npairs, t1)
-    microkernel_numba(a, 3, lda, w, 32, npairs, t2)
-    _eq(t1, t2)
+    # into a [4, 16] tile buffer, and into rows of a wider result (offset 5, row stride 37)
+    for o_off, ldo, size in ((0, NR, MR * NR), (5, 37, 5 + 3 * 37 + NR + 4)):
+        t1 = np.full(size, 7, np.int32)
+        t2 = np.full(size, 7, np.int32)
+        microkernel_ir(a, 3, lda, w, 32, npairs, t1, o_off, ldo)
+        microkernel_numba(a, 3, lda, w, 32, npairs, t2, o_off, ldo)
+        _eq(t1, t2)
+        written = np.zeros(size, bool)
+        for r in range(MR):
+            written[o_off + r * ldo : o_off + r * ldo + NR] = True
+        assert np.all(t1[~written] == 7)  # nothing outside the tile is touched
 
 
 def test_microkernel_extreme_pairs_do_not_wrap():
@@ -77,7 +83,7 @@ def test_microkernel_extreme_pairs_do_not_wrap():
     a = np.full(MR * 2 * npairs, -32768, np.int16)
     w = np.full(2 * NR * npairs, -128, np.int16)
     t = np.empty(MR * NR, np.int32)
-    microkernel_ir(a, 0, 2 * npairs, w, 0, npairs, t)
+    microkernel_ir(a, 0, 2 * npairs, w, 0, npairs, t, 0, NR)
     assert np.all(t == 255 * 2**23)
 
 
