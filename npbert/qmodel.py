@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -666,6 +667,15 @@ class _QuantTap(_SiteTap, QuantExecutor):
         self.seen = {}
 
 
+_RESIDUAL_STREAM = re.compile(r"^(head\.in|embeddings\.(sum|LayerNorm\.out)|encoder\.layer\.\d+\.(attention\.output\.(dense\.out|residual|"
+                              r"LayerNorm\.out)|output\.(dense\.out|residual|LayerNorm\.out)))$")
+
+
+def in_residual_stream(site: str) -> bool:
+    """Sites whose hidden dim is the residual stream's, i.e. the ones a PEG permutation reorders."""
+    return bool(_RESIDUAL_STREAM.match(site))
+
+
 def site_errors(qm: "QuantizedModel", fp32: Model, batches: Iterable[Batch], simulate: bool = False) -> dict[str, dict]:
     """Per-site error of the quantized model against FP32 over real tokens: {site: {nmse, sqnr_db}}.
 
@@ -684,7 +694,7 @@ def site_errors(qm: "QuantizedModel", fp32: Model, batches: Iterable[Batch], sim
             y = tap.seen.get(s)
             if y is None:
                 continue
-            if inv_needed and y.ndim == 3 and y.shape[-1] == qm.config.hidden_size:
+            if inv_needed and in_residual_stream(s):
                 y = y[..., peg.inverse_permutation(qm.perm)]
             if x.ndim == 3:
                 x, y = x[m], y[m]
