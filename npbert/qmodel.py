@@ -607,9 +607,12 @@ class QuantizedModel(Model):
         if self.group_sites:
             if self.recipe.peg_permute:
                 # One permutation for the whole residual stream: it folds into every weight that reads or
-                # writes it, so run time pays nothing. Ranked by each dim's widest range over PEG sites.
-                widest = np.max([ranges[s][1] - ranges[s][0] for s in self.group_sites], axis=0)
-                self.perm = peg.range_permutation(widest)
+                # writes it, so run time pays nothing. Each dim is ranked by its range relative to its
+                # site's median range, maximised over the PEG sites: raw ranges would let the site of
+                # largest magnitude (the residual sum) decide the grouping of all the others alone.
+                rel = [(ranges[s][1] - ranges[s][0]) / max(float(np.median(ranges[s][1] - ranges[s][0])), 1e-12)
+                       for s in self.group_sites]
+                self.perm = peg.range_permutation(np.max(rel, axis=0))
                 self.params = fold_permutation(self.params, self.config, self.perm)
             bounds = group_bounds_equal(C, groups)
             for s in self.group_sites:

@@ -179,3 +179,23 @@ def test_save_refuses_foreign_folder(tiny, tmp_path):
     with pytest.raises(Exception, match="not an npbert quantized model"):
         quantize_model(tiny, "dynamic").save(d)
     assert (d / "model.safetensors").is_file()  # nothing lost
+
+
+def test_residual_stream_sites_are_exactly_the_permuted_ones(tiny):
+    """After folding a permutation, residual-stream sites hold permuted values and all others the
+    same values: that is what site_errors relies on to compare PEG models with FP32."""
+    from npbert.model import Model
+    from npbert.qmodel import _FP32Tap, in_residual_stream
+    from npbert.quant.peg import inverse_permutation
+
+    perm = np.random.default_rng(1).permutation(tiny.config.hidden_size)
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    folded = Model(tiny.config, fold_permutation(tiny.params, tiny.config, perm), tiny.tokenizer, tiny.pooling)
+    ref, got = _FP32Tap(tiny.params, tiny.config), _FP32Tap(folded.params, tiny.config)
+    tiny.forward(b, ref)
+    folded.forward(b, got)
+    assert ref.seen.keys() == got.seen.keys()
+    inv = inverse_permutation(perm)
+    for s, x in ref.seen.items():
+        y = got.seen[s][..., inv] if in_residual_stream(s) else got.seen[s]
+        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=s)
