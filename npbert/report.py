@@ -325,7 +325,7 @@ def build_report(stats: dict, meta: dict, errors: dict | None = None, recipe: st
             d["per_dim_absmax"] = [float(f"{v:.4g}") for v in s["per_dim_absmax"]]  # 4 digits: a report, not a fixture
             cnt = s["per_dim_outlier_count"]
             d["outlier_tokens_per_dim"] = {str(int(j)): int(cnt[j]) for j in np.flatnonzero(cnt)}  # dim -> count
-            d["outlier_top_tokens"] = {str(j): [[tok(t), n] for t, n in v] for j, v in s["outlier_tokens"].items()}
+            d["outlier_top_tokens"] = {str(j): [[tok(t), n] for t, n in v[:3]] for j, v in s["outlier_tokens"].items()}
         sites[name] = d
     rep = {
         "npbert_report_version": REPORT_VERSION,
@@ -572,15 +572,19 @@ def _round(x, sig: int = 6):
     return x
 
 
+def _has_dict(x) -> bool:
+    return isinstance(x, dict) or (isinstance(x, list) and any(_has_dict(v) for v in x))
+
+
 def dumps_report(report: dict) -> str:
-    """Indented JSON with number lists kept on one line (per-dim arrays stay readable and small)."""
+    """Indented JSON with lists that hold no objects kept on one line (per-dim arrays stay small)."""
     flat: dict[str, str] = {}
 
     def pack(x):
         if isinstance(x, dict):
             return {k: pack(v) for k, v in x.items()}
         if isinstance(x, list):
-            if x and all(isinstance(v, (int, float)) or v is None for v in x):
+            if x and not _has_dict(x):
                 key = f"@@{len(flat)}@@"
                 flat[key] = json.dumps(x, separators=(",", ":"), allow_nan=False)
                 return key
