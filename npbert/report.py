@@ -41,6 +41,7 @@ __all__ = ["activation_stats", "outlier_table", "outlier_dims", "weight_clipping
 
 REPORT_VERSION = 1
 DEFAULT_K_SIGMA = 6.0
+TOKEN_DIMS_PER_SITE = 16  # report.json names the outlier tokens of this many dims per site
 PLOT_HINT = "matplotlib not installed: plots skipped (pip install npbert[plot])"
 
 # Per-layer site families, in execution order, with the short column names the tables use.
@@ -325,7 +326,11 @@ def build_report(stats: dict, meta: dict, errors: dict | None = None, recipe: st
             d["per_dim_absmax"] = [float(f"{v:.4g}") for v in s["per_dim_absmax"]]  # 4 digits: a report, not a fixture
             cnt = s["per_dim_outlier_count"]
             d["outlier_tokens_per_dim"] = {str(int(j)): int(cnt[j]) for j in np.flatnonzero(cnt)}  # dim -> count
-            d["outlier_top_tokens"] = {str(j): [[tok(t), n] for t, n in v[:3]] for j, v in s["outlier_tokens"].items()}
+            # which tokens: the three most frequent, for the (up to) 16 flagged dims with the largest max |x|
+            flagged = np.flatnonzero(cnt)
+            keep = sorted(flagged[np.argsort(-s["per_dim_absmax"][flagged], kind="stable")[:TOKEN_DIMS_PER_SITE]])
+            d["outlier_top_tokens"] = {str(j): [[tok(t), n] for t, n in s["outlier_tokens"].get(int(j), [])[:3]]
+                                       for j in keep}
         sites[name] = d
     rep = {
         "npbert_report_version": REPORT_VERSION,
