@@ -101,14 +101,39 @@ def time_call(fn, repeats: int = 7, min_sample_s: float = 0.05, warmup: int = 1)
     return {"median_s": samples[len(samples) // 2], "min_s": samples[0], "max_s": samples[-1], "inner": inner, "repeats": repeats}
 
 
-def time_round_robin(fns: dict, repeats: int = 11, min_sample_s: float = 0.03, pause_s: float = 0.02) -> dict:
+def _cpu_clock() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine incl. hypervisor steal, CPU seconds of this process)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    except (OSError, ValueError):
+        busy = float("nan")
+    t = os.times()
+    return busy, t.user + t.system
+
+
+def time_round_robin(
+    fns: dict,
+    repeats: int = 11,
+    min_sample_s: float = 0.1,
+    pause_s: float = 0.15,
+    other_cpu_tol_s: float = 0.02,
+    max_retries: int = 4,
+) -> dict:
     """Median wall time of one call for each of several callables, sampled in rotation.
 
-    On a shared machine another process can take a core for a second or two; sampling every
-    kernel in turn spreads such bursts over all of them (fair ratios), and the median over
-    `repeats` samples drops them. Each sample times `inner` back-to-back calls (inner chosen so a
-    sample lasts >= min_sample_s); `pause_s` between kernels lets the previous library's worker
-    threads stop spinning before the next one starts.
+    Noise control on a shared machine:
+    - rotation: the kernels of one shape are sampled in turn, so a burst of load hits all of them;
+    - contamination check: around every sample, the CPU time used by OTHER processes (machine busy
+      time from /proc/stat, incl. hypervisor steal, minus this process' own CPU time) is measured;
+      a sample during which others used more than other_cpu_tol_s is retaken (up to max_retries,
+      with a pause), and the count of retakes is reported;
+    - median over `repeats` clean samples; each sample times `inner` back-to-back calls (inner
+      chosen so a sample lasts >= min_sample_s, well above the 10 ms clock tick of /proc/stat).
+    `pause_s` before each sample lets the previous library's worker threads stop spinning
+    (OpenBLAS' idle workers busy-wait for about 2^28 cycles, ~0.1 s here; OpenMP and ORT pools
+    spin for less).
     """
     inner = {}
     for name, fn in fns.items():  # warm up and calibrate
@@ -117,18 +142,33 @@ def time_round_robin(fns: dict, repeats: int = 11, min_sample_s: float = 0.03, p
         fn()
         inner[name] = max(1, int(min_sample_s / max(time.perf_counter() - t0, 1e-7)))
     samples: dict = {name: [] for name in fns}
+    retakes = dict.fromkeys(fns, 0)
+    dirty = dict.fromkeys(fns, 0)
     for _ in range(repeats):
         for name, fn in fns.items():
-            time.sleep(pause_s)
             n = inner[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
+            for attempt in range(max_retries + 1):
+                time.sleep(pause_s if attempt == 0 else 3 * pause_s)
+                b0, s0 = _cpu_clock()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                dt = (time.perf_counter() - t0) / n
+                b1, s1 = _cpu_clock()
+                others = (b1 - b0) - (s1 - s0)
+                if not others > other_cpu_tol_s:  # clean (or /proc/stat unreadable: nan)
+                    break
+                retakes[name] += 1
+            else:
+                dirty[name] += 1  # kept, but counted: the machine never went quiet
+            samples[name].append(dt)
     out = {}
     for name, s in samples.items():
         s = sorted(s)
-        out[name] = {"median_s": s[len(s) // 2], "min_s": s[0], "max_s": s[-1], "inner": inner[name], "repeats": repeats}
+        out[name] = {
+            "median_s": s[len(s) // 2], "min_s": s[0], "max_s": s[-1], "inner": inner[name], "repeats": repeats,
+            "retaken_samples": retakes[name], "contaminated_samples_kept": dirty[name],
+        }
     return out
 
 

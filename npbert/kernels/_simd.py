@@ -6,6 +6,10 @@ microkernel(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
     for r < 4, c < 16; a16, wp int16 flat arrays, out int32 flat (a [4, 16] tile buffer with
     o_off = 0, ldo = 16, or straight into a C-contiguous int32 result). int32 wrap-around
     arithmetic (callers keep sums in range, see gemm.py).
+
+Editing this file: numba's on-disk cache (cache=True) keys gemm.py's compiled functions on gemm.py's
+own source, not on the functions they inline from here; after changing the kernel, delete
+npbert/kernels/__pycache__ (or run once with NPBERT_JIT_CACHE=0) so no stale machine code is loaded.
 """
 
 from __future__ import annotations

@@ -120,11 +120,13 @@ def _widen_rows(a, r0, r1, c0, c1, zp, out, base, lda):
     """out[base + (i-r0)*lda + k] = a[i, c0+k] - zp for rows r0..r1-1 (zero padded to lda columns)."""
     w = c1 - c0
     for i in range(r0, r1):
+        src = a[i, c0:c1]  # slices + range indices: no wrap-around checks, so LLVM vectorises
         o = base + (i - r0) * lda
+        dst = out[o : o + lda]  # (vpmovsxbw / vpmovzxbw + vpsubw)
         for k in range(w):
-            out[o + k] = a[i, c0 + k] - zp
+            dst[k] = src[k] - zp
         for k in range(w, lda):
-            out[o + k] = 0
+            dst[k] = 0
 
 
 @jit(parallel=True)
@@ -294,6 +296,8 @@ def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
     """
     pw = _as_packed(w)
     zp = C.int_arg(a_zero_point, "a_zero_point")
+    if not -(2**31) <= zp < 2**31:
+        raise QuantError(f"a_zero_point={zp}: pass a zero point in the int32 range")
     a = C.as_c(C.array(a, "a", (np.int16,), 2))
     _check_mk(a, pw, "gemm_s16s8")
     out = _run(a, 0, 0, pw.k, pw, np.int64, S16_BLOCK_PAIRS)

@@ -37,16 +37,20 @@ def _raise_nonfinite(x: np.ndarray, row: int, what: str):
 # ------------------------------------------------------------------------------------------ dynamic
 
 
+@njit
+def _absmax_bits_row(xr):
+    """max_k (bits(x[k]) & 0x7FFFFFFF) over one row of float32 bits (int32 [K]); int32 max -> vpmaxsd."""
+    mb = np.int32(0)
+    for k in range(xr.shape[0]):
+        mb = max(mb, np.int32(xr[k] & _ABS_MASK))
+    return mb
+
+
 @jit(parallel=True)
 def _row_absmax_bits(xi, out):
     """out[m] = max_k (bits(x[m, k]) & 0x7FFFFFFF)   # xi int32 [M, K] (x's bits) -> out int32 [M]"""
-    M, K = xi.shape
-    for m in prange(M):
-        mb = 0
-        for k in range(K):
-            b = xi[m, k] & _ABS_MASK
-            mb = b if b > mb else mb
-        out[m] = mb
+    for m in prange(xi.shape[0]):
+        out[m] = _absmax_bits_row(xi[m])
 
 
 @njit
@@ -78,25 +82,31 @@ def _segment_stats(row_abs, row_bits, seg, valid, tmiqr, qmax, scales, threshold
     return -1
 
 
+@njit
+def _quantize_row(xr, sc, t, fq, qr):
+    """qr[k] = clamp(rint(clip(xr[k], -t, t) / sc), -fq, fq); NaN -> 0. Written as selects on float32
+    so LLVM vectorises it (vdivps, vroundps, vcvttps2dq)."""
+    nt = -t
+    zero = np.float32(0.0)
+    for k in range(xr.shape[0]):
+        v = xr[k]
+        c = t if v > t else v
+        c = nt if c < nt else c
+        r = np.rint(c / sc)
+        r = fq if r > fq else r
+        r = -fq if r < -fq else r
+        r = r if r == r else zero
+        qr[k] = np.int32(r)
+
+
 @jit(parallel=True)
 def _quantize_rows(x, row_seg, scales, thresholds, qmax, q):
     """q[m, k] = clamp(rint(clip(x[m, k], -t, t) / scale), -qmax, qmax), t/scale of row m's segment.
     NaN (possible only in padding rows, which are excluded from the checks) quantizes to 0."""
-    M, K = x.shape
     fq = np.float32(qmax)
-    for m in prange(M):
+    for m in prange(x.shape[0]):
         s = row_seg[m]
-        sc = scales[s]
-        t = thresholds[s]
-        nt = -t
-        for k in range(K):
-            v = x[m, k]
-            c = t if v > t else v
-            c = nt if c < nt else c
-            r = np.rint(c / sc)
-            r = fq if r > fq else r
-            r = -fq if r < -fq else r
-            q[m, k] = int(r) if r == r else 0
+        _quantize_row(x[m], scales[s], thresholds[s], fq, q[m])
 
 
 def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False):
@@ -151,20 +161,28 @@ def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool =
 # ------------------------------------------------------------------------------------------- static
 
 
+@njit
+def _quantize_static_span(x, xi, lo_i, hi_i, scale, lo, hi, zpf, out):
+    """out[i] = clamp(rint(x[i] / scale), lo, hi) + zp for i in [lo_i, hi_i), all in float32 (exact:
+    |values| < 2^24), NaN -> zp; returns the max |x| bit pattern (>= 0x7F800000: NaN/Inf present)."""
+    mb = np.int32(0)
+    for i in range(lo_i, hi_i):
+        mb = max(mb, np.int32(xi[i] & _ABS_MASK))
+        r = np.rint(x[i] / scale)
+        r = hi if r > hi else r
+        r = lo if r < lo else r
+        r = r if r == r else np.float32(0.0)
+        out[i] = np.int32(r + zpf)
+    return mb
+
+
 @jit(parallel=True)
-def _quantize_flat(x, xi, scale, lo, hi, zp, out, bad):
-    """out[i] = clamp(rint(x[i] / scale), lo, hi) + zp with lo = qmin - zp, hi = qmax - zp (float32, exact
-    for |bounds| < 2^24), chunked: bad[c] = 1 if chunk c holds NaN/Inf.   # x [n] -> out [n]"""
+def _quantize_flat(x, xi, scale, lo, hi, zpf, out, bad):
+    """out[i] = clamp(rint(x[i] / scale), lo, hi) + zp with lo = qmin - zp, hi = qmax - zp, chunked:
+    bad[c] = 1 if chunk c holds NaN/Inf.   # x float32 [n] -> out [n]"""
     n = x.shape[0]
     for c in prange(bad.shape[0]):
-        mb = 0
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            b = xi[i] & _ABS_MASK
-            mb = b if b > mb else mb
-            r = np.rint(x[i] / scale)
-            r = hi if r > hi else r
-            r = lo if r < lo else r
-            out[i] = int(r) + zp if r == r else zp
+        mb = _quantize_static_span(x, xi, c * _CHUNK, min(n, (c + 1) * _CHUNK), scale, lo, hi, zpf, out)
         bad[c] = 1 if mb >= _EXP_ALL_ONES else 0
 
 
@@ -190,31 +208,22 @@ def quantize_static(x, scale: float, zero_point: int, qmin: int, qmax: int, out_
     xf = C.as_c(x).reshape(-1)
     out = np.empty(xf.shape, dtype=dt)
     bad = np.zeros(max(1, -(-xf.size // _CHUNK)), dtype=np.uint8)
-    _quantize_flat(xf, xf.view(np.int32), s, np.float32(qmin - zp), np.float32(qmax - zp), zp, out, bad)
+    _quantize_flat(xf, xf.view(np.int32), s, np.float32(qmin - zp), np.float32(qmax - zp), np.float32(zp), out, bad)
     if bad.any():
         raise InputError("quantize_static: NaN or Inf in the tensor to quantize; the activations are not finite")
     return out.reshape(x.shape)
 
 
 @jit(parallel=True)
-def _quantize_grouped_rows(x, xi, bounds, scales, lo, hi, zps, out, bad):
+def _quantize_grouped_rows(x, xi, bounds, scales, lo, hi, zpf, out, bad):
     """Per row m, per group g (columns bounds[g]:bounds[g+1]): as _quantize_flat with scale/zp of g."""
-    M, K = x.shape
+    M = x.shape[0]
     G = bounds.shape[0] - 1
     for m in prange(M):
-        mb = 0
+        mb = np.int32(0)
         for g in range(G):
-            sc = scales[g]
-            zp = zps[g]
-            lg = lo[g]
-            hg = hi[g]
-            for k in range(bounds[g], bounds[g + 1]):
-                b = xi[m, k] & _ABS_MASK
-                mb = b if b > mb else mb
-                r = np.rint(x[m, k] / sc)
-                r = hg if r > hg else r
-                r = lg if r < lg else r
-                out[m, k] = int(r) + zp if r == r else zp
+            mg = _quantize_static_span(x[m], xi[m], bounds[g], bounds[g + 1], scales[g], lo[g], hi[g], zpf[g], out[m])
+            mb = max(mb, mg)
         bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
 
 
@@ -240,7 +249,7 @@ def quantize_static_grouped(x, group_bounds, scales, zero_points, qmin: int, qma
     hi = (qmax - zps).astype(np.float32)
     out = np.empty((M, K), dtype=dt)
     bad = np.zeros(M, dtype=np.uint8)
-    _quantize_grouped_rows(x, x.view(np.int32), b, sc, lo, hi, zps, out, bad)
+    _quantize_grouped_rows(x, x.view(np.int32), b, sc, lo, hi, zps.astype(np.float32), out, bad)
     if bad.any():
         raise InputError(f"quantize_static_grouped: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
     return out
@@ -258,7 +267,7 @@ def _requant_rows(acc, mult, zp, qmin, qmax, out):
             r = np.rint(np.float64(acc[m, n]) * mult[n]) + zp
             r = qmax if r > qmax else r
             r = qmin if r < qmin else r
-            out[m, n] = int(r)
+            out[m, n] = np.int32(r)  # in [qmin, qmax], inside int32
 
 
 def requantize(acc, multiplier, out_zero_point: int, qmin: int, qmax: int, out_dtype):
@@ -295,7 +304,7 @@ def _add_requant_flat(a, b, a_zp, ra, b_zp, rb, zp, qmin, qmax, out):
             r = np.rint(va + vb) + zp
             r = qmax if r > qmax else r
             r = qmin if r < qmin else r
-            out[i] = int(r)
+            out[i] = np.int32(r)
 
 
 def add_requant(a, a_scale, a_zp, b, b_scale, b_zp, out_scale, out_zp, qmin, qmax, out_dtype):
