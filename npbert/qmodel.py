@@ -583,7 +583,7 @@ class QuantizedModel(Model):
         cal = _Calibrator(self.params, self.config, ests)
         n_seq = 0
         batches = list(batches)
-        from npbert.eval.progress import Progress  # a tiny stderr progress line; no dependency
+        from npbert.progress import Progress
 
         with Progress(len(batches), "calibrating", enabled=progress) as bar:
             for b in batches:

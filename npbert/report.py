@@ -122,7 +122,7 @@ def activation_stats(model: Model, batches: Iterable, k_sigma: float = DEFAULT_K
     batches = [b[1] if isinstance(b, tuple) else b for b in batches]
     if not batches:
         raise InputError("activation_stats needs at least one batch of texts")
-    from npbert.eval.progress import Progress
+    from npbert.progress import Progress
 
     acc: dict[str, dict] = {}
 
@@ -650,7 +650,7 @@ def _id_to_token(model_dir: Path):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from npbert.cli import atomic_write_bytes, default_model_dir
-    from npbert.eval.progress import progress_enabled
+    from npbert.progress import progress_enabled
     from npbert.model import load_model
 
     recipe = None if args.recipe in (None, "fp32") else args.recipe

@@ -27,7 +27,7 @@ import numpy as np
 
 from npbert.errors import CalibrationError, InputError, NpbertError, NpbertWarning, QuantError, UnsupportedModelError
 from npbert.eval.metrics import METRICS
-from npbert.eval.progress import Progress, progress_enabled
+from npbert.progress import Progress, progress_enabled
 from npbert.eval.tasks import Examples, Task, get_task, load_split, split_path
 
 __all__ = ["evaluate", "parse_recipes", "calibration_sample", "score"]

@@ -13,7 +13,7 @@ import pytest
 
 from npbert.config import BertConfig
 from npbert.errors import CalibrationError, NpbertError, UnsupportedModelError
-from npbert.eval.progress import Progress
+from npbert.progress import Progress
 from npbert.eval.runner import calibration_sample, evaluate, parse_recipes
 from npbert.eval.tasks import TASKS
 
