@@ -261,9 +261,10 @@ def outlier_dims(stats: dict, top: int = 10) -> list[dict]:
     return out
 
 
-def _family_order(f: str) -> int:
+def _family_order(f: str) -> tuple[int, str]:
+    """Layer families in execution order, then the rest (embeddings, head) by name: deterministic."""
     keys = list(FAMILY_SHORT)
-    return keys.index(f) if f in keys else len(keys)
+    return (keys.index(f), "") if f in keys else (len(keys), f)
 
 
 def ffn_table(stats: dict, n_layers: int) -> list[dict]:
