@@ -24,6 +24,7 @@ from npbert.config import BertConfig
 from npbert.errors import InputError, UnsupportedModelError, WeightsError
 from npbert.io.tokenizer import Batch, Tokenizer
 from npbert.io.weights import load_checkpoint
+from npbert.kernels import fused
 
 _BASE_PREFIXES = ("bert.", "roberta.", "mpnet.")
 # Tensors a checkpoint may carry that npbert does not run: buffers and pre-training / LM heads.
@@ -171,23 +172,36 @@ class Executor:
         """A named quantization site: identity in FP32."""
         return x
 
-    def linear(self, name: str, x, in_site: str):
-        """[..., K] -> [..., N] with params[name.weight / name.bias]; `in_site` names the input tensor."""
-        return ops.linear(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"])
+    def linear(self, name: str, x, in_site: str, act: str | None = None):
+        """[..., K] -> [..., N] with params[name.weight / name.bias], then the activation `act` (a
+        config hidden_act name, or None) fused in; `in_site` names the input tensor."""
+        y = ops.linear(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"])
+        return y if act is None else fused.activation(act, y)
 
     def attention(self, prefix: str, q, k, v, bias: np.ndarray):
         """q, k, v [B, T, C] (values) -> context [B, T, C] as float32."""
         h = self.cfg.num_attention_heads
         qh, kh, vh = (ops.split_heads(self.f(t), h) for t in (q, k, v))  # [B, h, T, d]
-        return ops.merge_heads(ops.attention(qh, kh, vh, bias))
+        scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1])) + bias  # [B, h, T, T]
+        return ops.merge_heads(fused.softmax_rows(scores) @ vh)
 
     def add(self, name: str, a, b):
         """A residual sum, itself a site."""
         return self.site(name, self.f(a) + self.f(b))
 
     def layer_norm(self, name: str, x):
-        y = ops.layer_norm(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"], self.cfg.layer_norm_eps)
+        y = fused.layer_norm(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"], self.cfg.layer_norm_eps)
         return self.site(name + ".out", y)
+
+    def add_layer_norm(self, add_name: str, ln_name: str, a, b):
+        """layer_norm(add(a, b)), the residual sum and its LayerNorm in one pass. Both sites still see
+        their values; if the sum's site changes it (a quantizer), the LayerNorm reads the changed sum."""
+        s, y = fused.add_layer_norm(self.f(a), self.f(b), self.params[ln_name + ".weight"], self.params[ln_name + ".bias"],
+                                    self.cfg.layer_norm_eps)
+        s_site = self.site(add_name, s)
+        if s_site is not s:
+            return self.layer_norm(ln_name, s_site)
+        return self.site(ln_name + ".out", y)
 
 
 # ------------------------------------------------------------------------------------- forward
@@ -265,7 +279,6 @@ def encoder_forward(
     bias = attention_bias(params, cfg, mask)
     x = ex.site("embeddings.sum", embed_tokens(params, cfg, ids, types))  # [B, T, C]
     x = ex.layer_norm("embeddings.LayerNorm", x)
-    act = ops.ACTIVATIONS[cfg.hidden_act]
     in_site = "embeddings.LayerNorm.out"
     for i in range(cfg.num_hidden_layers):
         p = layer_prefix(i)
@@ -274,11 +287,11 @@ def encoder_forward(
         v = ex.site(f"{p}.attention.self.value.out", ex.linear(f"{p}.attention.self.value", x, in_site))
         ctx = ex.site(f"{p}.attention.output.dense.in", ex.attention(f"{p}.attention.self", q, k, v, bias))
         a = ex.site(f"{p}.attention.output.dense.out", ex.linear(f"{p}.attention.output.dense", ctx, f"{p}.attention.output.dense.in"))
-        x1 = ex.layer_norm(f"{p}.attention.output.LayerNorm", ex.add(f"{p}.attention.output.residual", a, x))
-        f1 = ex.linear(f"{p}.intermediate.dense", x1, f"{p}.attention.output.LayerNorm.out")  # [B, T, I]
-        g = ex.site(f"{p}.output.dense.in", act(ex.f(f1)))  # FF2 input: where TM-IQR clips
+        x1 = ex.add_layer_norm(f"{p}.attention.output.residual", f"{p}.attention.output.LayerNorm", a, x)
+        # FF1 with its activation: act(x1 W1^T + b1) [B, T, I], the FF2 input (where TM-IQR clips)
+        g = ex.site(f"{p}.output.dense.in", ex.linear(f"{p}.intermediate.dense", x1, f"{p}.attention.output.LayerNorm.out", act=cfg.hidden_act))
         f2 = ex.site(f"{p}.output.dense.out", ex.linear(f"{p}.output.dense", g, f"{p}.output.dense.in"))  # [B, T, C]
-        x = ex.layer_norm(f"{p}.output.LayerNorm", ex.add(f"{p}.output.residual", f2, x1))
+        x = ex.add_layer_norm(f"{p}.output.residual", f"{p}.output.LayerNorm", f2, x1)
         in_site = f"{p}.output.LayerNorm.out"
     return x
 

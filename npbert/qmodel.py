@@ -29,6 +29,7 @@ import numpy as np
 from npbert import ops
 from npbert.errors import CalibrationError, InputError, QuantError
 from npbert.io.tokenizer import Batch
+from npbert.kernels import fused
 from npbert.kernels import gemm as kg
 from npbert.kernels import quantize as kq
 from npbert.kernels import reference as kref
@@ -214,9 +215,9 @@ class _SiteRecorder(Executor):
             self.sites.append(name)
         return x
 
-    def linear(self, name, x, in_site):
+    def linear(self, name, x, in_site, act=None):
         self.linear_inputs[name] = in_site
-        return super().linear(name, x, in_site)
+        return super().linear(name, x, in_site, act)
 
     def attention(self, prefix, q, k, v, bias):
         self.site(prefix + ".scores", None)
@@ -280,6 +281,10 @@ def _segments(mask: np.ndarray | None, rows_per_seq: int, n_rows: int) -> tuple[
 class QuantExecutor(Executor):
     """Executes a QuantizedModel: integer kernels, or (simulate=True) the float fake-quant twin."""
 
+    # Fuse the attention scores -> softmax -> probs codes chain into one kernel (skipping the
+    # float `scores` site when it is not quantized). Executors that tap every site turn this off.
+    FUSE_SOFTMAX = True
+
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
         self.qm = qm
@@ -330,8 +335,9 @@ class QuantExecutor(Executor):
         return q, row_scale
 
     # ---- GEMMs
-    def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight) -> np.ndarray:
-        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias."""
+    def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight,
+                act: str | None = None) -> np.ndarray:
+        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act."""
         if self.sim:
             if w.deq64 is None:
                 w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
@@ -342,7 +348,7 @@ class QuantExecutor(Executor):
             y = (a @ w.deq64.T).astype(np.float32)
         elif qp is None:  # dynamic: symmetric codes, one scale per row
             acc = kg.gemm_s8s8(codes, w.packed) if codes.dtype == np.int8 else kg.gemm_s16s8(codes, w.packed)
-            y = acc.astype(np.float32) * (row_scale[:, None] * w.scale[None, :])
+            return fused.epilogue(acc, row_scale, w.scale, w.bias, act)
         elif qp.granularity == "group":
             # PEG: one exact integer GEMM per group, combined with the group scales (kernel), then W's scale.
             y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed) * w.scale[None, :]
@@ -354,27 +360,28 @@ class QuantExecutor(Executor):
                 acc = kg.gemm_u8s8(codes, zp, w.packed)
             else:
                 acc = kg.gemm_s16s8(codes, w.packed, zp)
-            # Same epilogue as gemm_grouped (activation scale in float64, then W's scale in float32), so
-            # PEG with one group is bit-identical to per-tensor.
-            y = (acc.astype(np.float64) * np.float64(qp.scale)).astype(np.float32) * w.scale[None, :]
-        return y + w.bias if w.bias is not None else y
+            # float32(float64(acc) * activation scale) * W's scale + bias: gemm_grouped's rounding, so
+            # PEG with one group is bit-identical to per tensor.
+            return fused.epilogue(acc, qp.scale, w.scale, w.bias, act)
+        y = y + w.bias if w.bias is not None else y
+        return y if act is None else fused.activation(act, y)
 
-    def linear(self, name, x, in_site):
+    def linear(self, name, x, in_site, act=None):
         w = self.qm.qweights.get(name)
         if w is None:
-            return super().linear(name, x, in_site)
+            return super().linear(name, x, in_site, act)
         lead = x.q.shape[:-1] if isinstance(x, QTensor) else np.shape(x)[:-1]
         if isinstance(x, QTensor):
             codes = np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1])
-            y = self._matmul(codes, x.qp, None, w)
+            y = self._matmul(codes, x.qp, None, w, act)
         else:
             spec = self.qm.specs[in_site]
             if spec.mode == "dynamic":
                 codes, row_scale = self._dynamic(in_site, x, spec)
-                y = self._matmul(codes, None, row_scale, w)
+                y = self._matmul(codes, None, row_scale, w, act)
             else:  # input kept in float: W8A32 with the dequantized weights
                 y = ops.linear(np.asarray(x, np.float32), w.q.astype(np.float32) * w.scale[:, None], w.bias)
-                return y
+                return y if act is None else fused.activation(act, y)
         return y.reshape(*lead, -1)
 
     # ---- attention
@@ -407,9 +414,16 @@ class QuantExecutor(Executor):
         else:
             acc = kg.bgemm_s8s8(np.ascontiguousarray(q8).reshape(B * h, T, d), np.ascontiguousarray(k8).reshape(B * h, T, d))
             acc = acc.reshape(B, h, T, T)
-        scores = acc.astype(np.float32) * (sq * sk * np.float32(1.0 / np.sqrt(d)))[:, None, None, None]
-        scores = self.f(self.site(prefix + ".scores", scores)) + bias
-        p = self._emit(prefix + ".probs", self._quantize_static(ops.softmax(scores).astype(np.float32), probs_qp))
+        seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
+        if (self.FUSE_SOFTMAX and not self.sim and prefix + ".scores" not in self.qm.site_qparams
+                and probs_qp.granularity == "tensor"):
+            codes = fused.softmax_quantize(acc, seq_scale, bias, probs_qp.scale, probs_qp.zero_point, probs_qp.qmin,
+                                           probs_qp.qmax, probs_qp.int_dtype)
+            p = self._emit(prefix + ".probs", QTensor(codes, probs_qp))
+        else:
+            scores = acc.astype(np.float32) * seq_scale[:, None, None, None]
+            scores = self.f(self.site(prefix + ".scores", scores)) + bias
+            p = self._emit(prefix + ".probs", self._quantize_static(fused.softmax_rows(scores), probs_qp))
         # context = P V: [B*h, T, T] x [B*h, d, T] -> int32 [B*h, T, d]
         if self.sim:
             ctx = np.matmul(dequantize(p.q, probs_qp).astype(np.float64), v8.astype(np.float64))
@@ -429,7 +443,7 @@ class QuantExecutor(Executor):
         qh, kh, vh = (ops.split_heads(np.asarray(self.f(t), np.float32), hh) for t in (q, k, v))
         scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1]))
         scores = self.f(self.site(prefix + ".scores", scores)) + bias
-        p = self.f(self.site(prefix + ".probs", ops.softmax(scores)))
+        p = self.f(self.site(prefix + ".probs", fused.softmax_rows(scores)))
         return ops.merge_heads(p @ vh)
 
     # ---- residual sums
@@ -441,6 +455,11 @@ class QuantExecutor(Executor):
         if self.sim:  # the integer add rescales each operand in float64: simulate exactly that
             return self._emit(name, QTensor(_add_requant_sim(a, b, qp), qp))
         return self._emit(name, QTensor(_add_requant_int(a, b, qp), qp))
+
+    def add_layer_norm(self, add_name, ln_name, a, b):
+        if add_name in self.qm.site_qparams:  # the sum is quantized (maybe an integer add): no fusion
+            return self.layer_norm(ln_name, self.add(add_name, a, b))
+        return super().add_layer_norm(add_name, ln_name, a, b)
 
     def _emit(self, name: str, value):
         """A site value produced without passing site() (integer adds, probs): a hook for taps."""
@@ -523,7 +542,7 @@ class _Calibrator(Executor):
         qh, kh, vh = (ops.split_heads(t, hh) for t in (q, k, v))
         scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1]))
         self.site(prefix + ".scores", scores)
-        p = ops.softmax(scores + bias)
+        p = fused.softmax_rows(scores + bias)
         self.site(prefix + ".probs", p)
         return ops.merge_heads(p @ vh)
 
@@ -645,6 +664,8 @@ class QuantizedModel(Model):
 
 class _SiteTap:
     """Mixin: remember every site's value (as float32) from one forward."""
+
+    FUSE_SOFTMAX = False  # the float scores must pass site() to be seen
 
     def site(self, name, x):
         return self._emit(name, super().site(name, x))

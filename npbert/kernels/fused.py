@@ -1,0 +1,366 @@
+"""Fused float kernels of the forward: GEMM epilogues, GELU, attention softmax, residual add + LayerNorm.
+
+Why: between the integer GEMMs the forward used to run NumPy expressions (dequantize, bias, GELU via
+the A&S erf, softmax, LayerNorm), each a full pass over memory with temporaries; together they took
+about 70% of a quantized forward (profile in bench/results/e2e.md). Each kernel here is one parallel
+pass over rows, with the arithmetic written so LLVM vectorises it (AVX2: 8 float32 lanes).
+
+Numerics. ops.py stays the readable definition; these kernels are checked against it with named
+tolerances (tests/unit/test_fused.py, tests/properties/test_fused_props.py):
+- exp: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial for e^r
+  (truncation < 2e-9 relative) and 2^n built from exponent bits: max relative error ~2 ulp against a
+  correctly rounded exp, vectorised (libm's scalar exp is not). x below -87.3 gives exactly 0 (as
+  float32 exp underflows), so masked keys (bias = float32 min) get probability 0 as in NumPy.
+- GELU: 0.5 x (1 + erf(x / sqrt 2)) with the same Abramowitz & Stegun 7.1.26 erf as ops.erf
+  (|error| <= 1.5e-7), so it agrees with ops.gelu_erf to a few float32 ulp.
+- LayerNorm: mean and variance accumulated in float64 (NumPy's float32 pairwise sums are slightly
+  less accurate; both are within 1e-6 relative of the exact value for C <= 4096).
+- Epilogues: y = float32(float64(acc) * float64(row_scale)) * w_scale + bias, each operation rounded
+  in float32 exactly as the NumPy expression it replaces (fastmath off: no FMA contraction), so the
+  static per-tensor GEMM stays bit-identical to PEG with one group.
+
+Shapes: M rows (tokens), N outputs, B batch, h heads, T tokens, C hidden.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from npbert._jit import jit, njit_ieee as njit
+
+__all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm"]
+
+# Activation codes shared by the epilogue and activation kernels.
+ACT_NONE, ACT_GELU, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
+ACT_CODES = {None: ACT_NONE, "gelu": ACT_GELU, "gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "relu": ACT_RELU}
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 split so n * LN2_HI is exact for |n| < 2^9
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_LO = np.float32(-87.33654)  # below: e^x < float32's smallest normal -> 0
+_EXP_HI = np.float32(88.37626)  # above: inf in float32; clamp (n <= 127 keeps the exponent valid)
+_INV_FACT = tuple(np.float32(1.0 / f) for f in (1.0, 1.0, 2.0, 6.0, 24.0, 120.0, 720.0, 5040.0))
+
+# ops.erf's A&S 7.1.26 constants
+_P = np.float32(0.3275911)
+_A1, _A2, _A3, _A4, _A5 = (np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+_INV_SQRT2 = np.float32(1 / np.sqrt(2.0))
+_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+
+
+# ---------------------------------------------------------------------------------------- exp
+
+
+@njit
+def _exp_inplace(x, ebits):
+    """x[k] = e^x[k] for float32 x [K]; ebits int32 [K] scratch. In place on purpose: with separate
+    in/out arrays LLVM guards the loop with an overlap check, and an in-place call (in == out) then
+    takes the scalar fallback (measured 12x slower). Two vectorisable loops: the polynomial and the
+    exponent bits, then the scale by 2^n through a float32 view of the bits."""
+    c0, c1, c2, c3, c4, c5, c6, c7 = (_INV_FACT[0], _INV_FACT[1], _INV_FACT[2], _INV_FACT[3],
+                                      _INV_FACT[4], _INV_FACT[5], _INV_FACT[6], _INV_FACT[7])
+    zero = np.float32(0.0)
+    for k in range(x.shape[0]):
+        v = x[k]
+        under = v < _EXP_LO
+        v = _EXP_LO if under else v
+        v = _EXP_HI if v > _EXP_HI else v
+        n = np.rint(v * _LOG2E)
+        r = (v - n * _LN2_HI) - n * _LN2_LO
+        p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+        x[k] = zero if under else p
+        ebits[k] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    scale = ebits.view(np.float32)
+    for k in range(x.shape[0]):
+        x[k] = x[k] * scale[k]
+
+
+@jit(parallel=True, ieee=True)
+def exp(x):
+    """e^x for float32 x [M, K] (row-parallel). For tests; the kernels below call _exp_inplace."""
+    out = x.copy()
+    for m in prange(x.shape[0]):
+        eb = np.empty(x.shape[1], np.int32)
+        _exp_inplace(out[m], eb)
+    return out
+
+
+# ---------------------------------------------------------------------------------- activations
+
+
+@njit
+def _act_row(y, act, tmp, ebits):
+    """y[k] = act(y[k]) in place; tmp float32 [K], ebits int32 [K] scratch."""
+    K = y.shape[0]
+    if act == ACT_GELU:
+        # erf(|z|) = 1 - poly(t) e^{-z^2}, t = 1 / (1 + p|z|), z = y / sqrt 2
+        for k in range(K):
+            z = y[k] * _INV_SQRT2
+            tmp[k] = -(z * z)
+        _exp_inplace(tmp, ebits)
+        one, half = np.float32(1.0), np.float32(0.5)
+        for k in range(K):
+            x = y[k]
+            az = abs(x * _INV_SQRT2)
+            t = one / (one + _P * az)
+            poly = ((((_A5 * t + _A4) * t + _A3) * t + _A2) * t + _A1) * t
+            e = one - poly * tmp[k]
+            e = -e if x < 0 else e
+            y[k] = half * x * (one + e)
+    elif act == ACT_GELU_TANH:
+        # tanh(u) = 1 - 2 / (e^{2u} + 1), stable at both ends with e^{2u} clamped to [0, inf)
+        for k in range(K):
+            x = y[k]
+            tmp[k] = np.float32(2.0) * (_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x))
+        _exp_inplace(tmp, ebits)
+        one, half = np.float32(1.0), np.float32(0.5)
+        for k in range(K):
+            th = one - np.float32(2.0) / (tmp[k] + one)
+            y[k] = half * y[k] * (one + th)
+    elif act == ACT_RELU:
+        for k in range(K):
+            y[k] = y[k] if y[k] > 0 else np.float32(0.0)
+
+
+@jit(parallel=True, ieee=True)
+def _activation_rows(y, act):
+    for m in prange(y.shape[0]):
+        tmp = np.empty(y.shape[1], np.float32)
+        eb = np.empty(y.shape[1], np.int32)
+        _act_row(y[m], act, tmp, eb)
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """ops.ACTIVATIONS[name](x) as one fused pass: float32 [..., K] -> new float32 [..., K]."""
+    y = np.array(x, dtype=np.float32, order="C", copy=True)
+    if y.size:
+        _activation_rows(y.reshape(-1, y.shape[-1]), ACT_CODES[name])
+    return y
+
+
+# ------------------------------------------------------------------------------------ epilogues
+
+
+@jit(parallel=True, ieee=True)
+def _epilogue_rows(acc, row_scale, w_scale, bias, has_bias, act, out):
+    """out[m, n] = act(float32(float64(acc[m, n]) * row_scale[m]) * w_scale[n] + bias[n])
+    # acc int32/int64 [M, N], row_scale float64 [M], w_scale/bias float32 [N] -> out float32 [M, N]"""
+    M, N = acc.shape
+    for m in prange(M):
+        rs = row_scale[m]
+        o = out[m]
+        a = acc[m]
+        for n in range(N):
+            o[n] = np.float32(np.float64(a[n]) * rs) * w_scale[n]
+        if has_bias:
+            for n in range(N):
+                o[n] = o[n] + bias[n]
+        if act != ACT_NONE:
+            tmp = np.empty(N, np.float32)
+            eb = np.empty(N, np.int32)
+            _act_row(o, act, tmp, eb)
+
+
+_NO_BIAS = np.zeros(1, np.float32)
+
+
+def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray | None, act: str | None = None) -> np.ndarray:
+    """Integer accumulators -> float32 outputs of a linear layer, one pass.
+
+    acc int32/int64 [M, N]; row_scale: float [M] (dynamic: the row's sequence scale) or a scalar
+    (static per tensor); w_scale float32 [N]; bias float32 [N] or None; act: None or an activation name.
+    """
+    M, N = acc.shape
+    rs = np.broadcast_to(np.asarray(row_scale, np.float64), (M,))
+    rs = np.ascontiguousarray(rs)
+    out = np.empty((M, N), np.float32)
+    if M and N:
+        b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
+        _epilogue_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,
+                       ACT_CODES[act], out)
+    return out
+
+
+# -------------------------------------------------------------------------------------- softmax
+
+
+@njit
+def _sum64(x):
+    """sum of float32 x [K] in float64, four interleaved partial sums (a fixed order, so
+    deterministic; independent chains so the adds pipeline / pack into SIMD: a single running sum is
+    bound by the add latency without fastmath's reassociation)."""
+    K = x.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    k4 = K - K % 4
+    for k in range(0, k4, 4):
+        s0 += np.float64(x[k])
+        s1 += np.float64(x[k + 1])
+        s2 += np.float64(x[k + 2])
+        s3 += np.float64(x[k + 3])
+    for k in range(k4, K):
+        s0 += np.float64(x[k])
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit
+def _max32(x):
+    """max of float32 x [K] (K >= 1), eight interleaved partial maxima (see _sum64)."""
+    K = x.shape[0]
+    m = np.full(8, x[0], np.float32)
+    k8 = K - K % 8
+    for k in range(0, k8, 8):
+        for j in range(8):
+            v = x[k + j]
+            m[j] = v if v > m[j] else m[j]
+    mx = m[0]
+    for j in range(1, 8):
+        mx = m[j] if m[j] > mx else mx
+    for k in range(k8, K):
+        mx = x[k] if x[k] > mx else mx
+    return mx
+
+
+@njit
+def _softmax_inplace(e, ebits):
+    """e = softmax(e) for float32 e [T], max-subtracted, in place (see _exp_inplace)."""
+    mx = _max32(e)
+    for k in range(e.shape[0]):
+        e[k] = e[k] - mx
+    _exp_inplace(e, ebits)
+    tot = np.float32(_sum64(e))  # float64 partial sums: float32 would drift by up to T ulp
+    for k in range(e.shape[0]):
+        e[k] = e[k] / tot
+
+
+@jit(parallel=True, ieee=True)
+def _softmax_rows(out):
+    for m in prange(out.shape[0]):
+        eb = np.empty(out.shape[1], np.int32)
+        _softmax_inplace(out[m], eb)
+
+
+def softmax_rows(x: np.ndarray) -> np.ndarray:
+    """softmax over the last axis, float32 [..., T] -> float32 [..., T] (ops.softmax, fused)."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    if out.size:
+        _softmax_rows(out.reshape(-1, out.shape[-1]))
+    return out
+
+
+@jit(parallel=True, ieee=True)
+def _softmax_quantize_core(acc, seq_scale, bias, p_scale, lo, hi, zpf, out):
+    """Per row (b, j, i): s = float32(acc) * seq_scale[b] + bias[b, j, i]; p = softmax(s);
+    out = clamp(rint(p / p_scale), lo, hi) + zp.
+    # acc int32 [B, h, T, T], seq_scale float32 [B], bias float32 broadcastable [B, h, T, T] (strided),
+    # out int8/uint8 [B, h, T, T]"""
+    B, H, T, S = acc.shape
+    for r in prange(B * H * T):
+        b = r // (H * T)
+        j = (r // T) % H
+        i = r % T
+        s = np.empty(S, np.float32)
+        eb = np.empty(S, np.int32)
+        a = acc[b, j, i]
+        br = bias[b, j, i]
+        sc = seq_scale[b]
+        for k in range(S):
+            s[k] = np.float32(a[k]) * sc + br[k]
+        _softmax_inplace(s, eb)
+        o = out[b, j, i]
+        for k in range(S):
+            q = np.rint(s[k] / p_scale)
+            q = hi if q > hi else q
+            q = lo if q < lo else q
+            o[k] = np.int32(q + zpf)
+
+
+def softmax_quantize(acc: np.ndarray, seq_scale: np.ndarray, bias: np.ndarray, p_scale: float, zero_point: int,
+                     qmin: int, qmax: int, out_dtype) -> np.ndarray:
+    """Attention probabilities straight from the Q K^T accumulators to their static codes.
+
+    acc int32 [B, h, T, T]; seq_scale float32 [B] (= s_q s_k / sqrt(d), per sequence); bias float32
+    broadcastable to [B, h, T, T] (key mask, MPNet's relative bias); the codes use the probs site's
+    static (p_scale, zero_point) with the quantizers' convention clamp(rint(p / scale)) + zp.
+    Equals quantize_static(softmax(float32(acc) * scale + bias)) up to the exp's last-ulp rounding.
+    """
+    B, H, T, S = acc.shape
+    bias4 = np.broadcast_to(np.asarray(bias, np.float32), (B, H, T, S))
+    out = np.empty((B, H, T, S), out_dtype)
+    zp = int(zero_point)
+    if acc.size:
+        _softmax_quantize_core(acc, np.ascontiguousarray(seq_scale, np.float32), bias4, np.float32(p_scale),
+                               np.float32(qmin - zp), np.float32(qmax - zp), np.float32(zp), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ LayerNorm
+
+
+@njit
+def _layer_norm_row(x, gamma, beta, eps, out, tmp):
+    """out = (x - mean) / sqrt(var + eps) * gamma + beta, moments in float64; tmp float32 [C] scratch."""
+    C = x.shape[0]
+    mean = _sum64(x) / C
+    m32 = np.float32(mean)
+    for k in range(C):
+        tmp[k] = x[k] - m32
+    # variance of the float32-centred values (what ops.layer_norm computes), squares in float64
+    v0 = v1 = v2 = v3 = 0.0
+    c4 = C - C % 4
+    for k in range(0, c4, 4):
+        d0, d1, d2, d3 = np.float64(tmp[k]), np.float64(tmp[k + 1]), np.float64(tmp[k + 2]), np.float64(tmp[k + 3])
+        v0 += d0 * d0
+        v1 += d1 * d1
+        v2 += d2 * d2
+        v3 += d3 * d3
+    for k in range(c4, C):
+        d = np.float64(tmp[k])
+        v0 += d * d
+    var = ((v0 + v1) + (v2 + v3)) / C
+    inv = np.float32(1.0 / np.sqrt(var + eps))
+    for k in range(C):
+        out[k] = tmp[k] * inv * gamma[k] + beta[k]
+
+
+@jit(parallel=True, ieee=True)
+def _add_layer_norm_rows(a, b, gamma, beta, eps, out_sum, out):
+    for m in prange(a.shape[0]):
+        sr = out_sum[m]
+        ar = a[m]
+        br = b[m]
+        for k in range(a.shape[1]):
+            sr[k] = ar[k] + br[k]
+        tmp = np.empty(a.shape[1], np.float32)
+        _layer_norm_row(sr, gamma, beta, eps, out[m], tmp)
+
+
+@jit(parallel=True, ieee=True)
+def _layer_norm_rows(x, gamma, beta, eps, out):
+    for m in prange(x.shape[0]):
+        tmp = np.empty(x.shape[1], np.float32)
+        _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    """ops.layer_norm, fused: float32 [..., C] -> float32 [..., C]."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty_like(x)
+    if x.size:
+        C = x.shape[-1]
+        _layer_norm_rows(x.reshape(-1, C), np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32),
+                         float(eps), out.reshape(-1, C))
+    return out
+
+
+def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(a + b, layer_norm(a + b)) in one pass: float32 [..., C] twice -> (sum, normalised)."""
+    a = np.ascontiguousarray(a, np.float32)
+    b = np.ascontiguousarray(b, np.float32)
+    s = np.empty_like(a)
+    out = np.empty_like(a)
+    if a.size:
+        C = a.shape[-1]
+        _add_layer_norm_rows(a.reshape(-1, C), b.reshape(-1, C), np.ascontiguousarray(gamma, np.float32),
+                             np.ascontiguousarray(beta, np.float32), float(eps), s.reshape(-1, C), out.reshape(-1, C))
+    return s, out

@@ -1,0 +1,147 @@
+"""The fused float kernels (npbert/kernels/fused.py) against ops.py, the readable definition.
+
+Tolerances, named and why:
+- EXP_REL = 4e-7: Cody-Waite + degree-7 polynomial in float32 without FMA; each of ~10 roundings is
+  half an ulp (6e-8), measured max 1.0e-7 relative to float64 exp.
+- GELU_ABS = 1e-6 * max(1, |x|): same A&S erf as ops.erf, differences only from exp's last ulp.
+- SOFTMAX_ABS = 1e-6: probabilities <= 1, exp ulp plus a float64 sum (ops sums in float32 pairwise).
+- LN_ABS = 2e-6 * (1 + |gamma| * |normalised|): float64 moments vs NumPy's float32 pairwise moments.
+The epilogue has no tolerance: it performs the NumPy expression's float32 operations in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npbert import ops
+from npbert.kernels import fused as F
+from npbert.kernels.quantize import quantize_static
+
+EXP_REL = 4e-7
+SOFTMAX_ABS = 1e-6
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("K", [1, 3, 7, 8, 9, 31, 384, 1537])
+def test_exp_matches_float64_exp(K):
+    x = _rng(K).uniform(-87.0, 88.0, (5, K)).astype(np.float32)
+    got = F.exp(x).astype(np.float64)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - ref) / ref) <= EXP_REL
+
+
+def test_exp_edges():
+    x = np.array([[0.0, -0.0, 1.0, -1.0, -87.0, -87.4, -100.0, -1e30, np.finfo(np.float32).min, 88.0, 88.3]], np.float32)
+    got = F.exp(x)[0]
+    assert got[0] == 1.0 and got[1] == 1.0
+    # below float32's normal range the kernel returns exactly 0: a masked key gets probability 0
+    assert got[5] == 0.0 and got[6] == 0.0 and got[7] == 0.0 and got[8] == 0.0
+    assert got[4] > 0 and np.isfinite(got[10])
+    assert abs(got[9] / np.exp(np.float64(88.0)) - 1) <= EXP_REL
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (4, 1536), (2, 5, 33)])
+def test_activation_matches_ops(act, shape):
+    x = (_rng(1).standard_normal(shape) * 5).astype(np.float32)
+    x.flat[0] = 0.0
+    got = F.activation(act, x)
+    ref = ops.ACTIVATIONS[act](x)
+    assert got.shape == x.shape and got.dtype == np.float32
+    np.testing.assert_array_less(np.abs(got - ref), 1e-6 * np.maximum(1.0, np.abs(x)) + 1e-30)
+
+
+def test_activation_large_inputs_saturate_like_ops():
+    x = np.array([[-1e4, -50.0, -10.0, 10.0, 50.0, 1e4]], np.float32)
+    for act in ("gelu", "gelu_new"):
+        got = F.activation(act, x)
+        np.testing.assert_allclose(got, ops.ACTIVATIONS[act](x), atol=1e-6, rtol=1e-6)
+        assert got[0, 0] == 0.0 or abs(got[0, 0]) < 1e-30  # GELU(-large) -> 0, not NaN
+
+
+@pytest.mark.parametrize("T", [1, 2, 9, 128, 257])
+def test_softmax_rows_matches_ops(T):
+    x = (_rng(T).standard_normal((6, T)) * 8).astype(np.float32)
+    got = F.softmax_rows(x)
+    np.testing.assert_allclose(got, ops.softmax(x), atol=SOFTMAX_ABS, rtol=0)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+
+
+def test_softmax_masked_keys_get_zero():
+    x = _rng().standard_normal((2, 3, 10)).astype(np.float32)
+    x[..., 7:] += np.finfo(np.float32).min  # HF's mask bias
+    p = F.softmax_rows(x)
+    assert np.all(p[..., 7:] == 0.0)
+    np.testing.assert_allclose(p, ops.softmax(x), atol=SOFTMAX_ABS, rtol=0)
+
+
+@pytest.mark.parametrize("C", [1, 5, 384, 769])
+def test_layer_norm_and_fused_add(C):
+    rng = _rng(C)
+    a = (rng.standard_normal((2, 7, C)) * 3 + 1).astype(np.float32)
+    b = (rng.standard_normal((2, 7, C)) * 50).astype(np.float32)
+    b[..., 0] += 200.0  # an outlier dimension, as in real residual streams
+    g = rng.standard_normal(C).astype(np.float32)
+    beta = rng.standard_normal(C).astype(np.float32)
+    ref = ops.layer_norm(a + b, g, beta, 1e-12)
+    s, y = F.add_layer_norm(a, b, g, beta, 1e-12)
+    np.testing.assert_array_equal(s, a + b)  # the sum is one float32 add per element, exactly NumPy's
+    tol = 2e-6 * (1 + np.abs(ref - beta))
+    np.testing.assert_array_less(np.abs(y - ref), tol + 1e-30)
+    np.testing.assert_array_less(np.abs(F.layer_norm(a + b, g, beta, 1e-12) - ref), tol + 1e-30)
+
+
+def test_layer_norm_constant_row_is_beta():
+    x = np.full((3, 16), 7.5, np.float32)
+    g = np.full(16, 2.0, np.float32)
+    beta = np.arange(16, dtype=np.float32)
+    np.testing.assert_array_equal(F.layer_norm(x, g, beta, 1e-5), np.broadcast_to(beta, x.shape))
+
+
+@pytest.mark.parametrize("acc_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_epilogue_equals_numpy_expression(acc_dtype, bias):
+    rng = _rng(2)
+    M, N = 37, 53
+    lim = 2**31 - 1 if acc_dtype == np.int32 else 2**40
+    acc = rng.integers(-lim, lim, (M, N)).astype(acc_dtype)
+    rs = rng.uniform(1e-6, 1e-2, M)
+    ws = rng.uniform(1e-4, 1e-1, N).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    ref = (acc.astype(np.float64) * rs[:, None]).astype(np.float32) * ws[None, :]
+    if bias:
+        ref = ref + b
+    np.testing.assert_array_equal(F.epilogue(acc, rs, ws, b), ref)
+    # a scalar activation scale (static per tensor) broadcasts over the rows
+    ref1 = (acc.astype(np.float64) * np.float64(0.003)).astype(np.float32) * ws[None, :]
+    np.testing.assert_array_equal(F.epilogue(acc, 0.003, ws, None), ref1)
+    # with the activation fused in: equal to the activation applied afterwards by the same kernel
+    np.testing.assert_array_equal(F.epilogue(acc, rs, ws, b, "gelu"), F.activation("gelu", ref))
+
+
+def test_epilogue_empty():
+    assert F.epilogue(np.zeros((0, 4), np.int32), np.zeros(0), np.ones(4, np.float32), None).shape == (0, 4)
+
+
+@pytest.mark.parametrize("zp,qmin,qmax,dt", [(0, -127, 127, np.int8), (0, 0, 255, np.uint8), (-128, -128, 127, np.int8)])
+def test_softmax_quantize_equals_unfused_chain(zp, qmin, qmax, dt):
+    rng = _rng(3)
+    B, h, T = 2, 3, 19
+    acc = rng.integers(-20000, 20000, (B, h, T, T)).astype(np.int32)
+    seq_scale = np.array([1e-3, 4e-4], np.float32)
+    mask = np.ones((B, T), np.int64)
+    mask[1, 15:] = 0
+    bias = ops.mask_bias(mask)  # [B, 1, 1, T]
+    p_scale = np.float32(1.0 / (qmax - zp))
+    got = F.softmax_quantize(acc, seq_scale, bias, p_scale, zp, qmin, qmax, dt)
+    scores = acc.astype(np.float32) * seq_scale[:, None, None, None] + bias
+    ref = quantize_static(ops.softmax(scores).astype(np.float32), float(p_scale), zp, qmin, qmax, dt)
+    assert got.dtype == dt and got.shape == ref.shape
+    diff = np.abs(got.astype(np.int64) - ref.astype(np.int64))
+    # the probabilities agree to ~1e-7, so a code can differ only where p / scale sits on a .5 boundary
+    assert diff.max() <= 1 and np.mean(diff) < 1e-3
+    assert np.all(got[1, :, :, 15:] == zp)  # masked keys: probability 0 exactly -> the zero point
