@@ -168,6 +168,10 @@ class Executor:
         """A value as float32."""
         return x
 
+    def word_rows(self, ids: np.ndarray) -> np.ndarray | None:
+        """[B, T] -> [B, T, C] word-embedding rows, or None: read params' float table."""
+        return None
+
     def site(self, name: str, x):
         """A named quantization site: identity in FP32."""
         return x
@@ -255,9 +259,10 @@ def attention_bias(params: dict, cfg: BertConfig, attention_mask: np.ndarray) ->
     return bias
 
 
-def embed_tokens(params: dict, cfg: BertConfig, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
-    """[B, T] ids -> [B, T, C] sum of word, position (and token type) embeddings."""
-    e = params["embeddings.word_embeddings.weight"][ids]
+def embed_tokens(params: dict, cfg: BertConfig, ids: np.ndarray, types: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
+    """[B, T] ids -> [B, T, C] sum of word, position (and token type) embeddings. words: the [B, T, C]
+    word rows when the executor looks them up itself (an int8 table), else read from params."""
+    e = params["embeddings.word_embeddings.weight"][ids] if words is None else words
     e = e + params["embeddings.position_embeddings.weight"][position_ids(cfg, ids)]
     if cfg.family != "mpnet":
         e = e + params["embeddings.token_type_embeddings.weight"][types]
@@ -277,7 +282,7 @@ def encoder_forward(
         raise InputError(f"token type ids must lie in [0, {cfg.type_vocab_size})")
     ex.begin(mask)
     bias = attention_bias(params, cfg, mask)
-    x = ex.site("embeddings.sum", embed_tokens(params, cfg, ids, types))  # [B, T, C]
+    x = ex.site("embeddings.sum", embed_tokens(params, cfg, ids, types, ex.word_rows(ids)))  # [B, T, C]
     x = ex.layer_norm("embeddings.LayerNorm", x)
     in_site = "embeddings.LayerNorm.out"
     for i in range(cfg.num_hidden_layers):

@@ -86,6 +86,7 @@ class Recipe:
     weight_estimator: str = "minmax"  # minmax | mse
     peg_groups: int = 6
     peg_permute: bool = True
+    embedding_int8: bool = False  # word-embedding table as int8 rows with one scale per row (emb=int8)
 
     def spec(self, site: str, overrides: Sequence[tuple[str, dict]] = ()) -> SiteSpec:
         fields: dict = {}
@@ -136,13 +137,21 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-RECIPE_OPTIONS = "weights=tensor|channel, groups=K, permute=0|1, tmiqr=ff2|all, estimator=NAME"
+RECIPE_OPTIONS = "weights=tensor|channel, emb=int8|float, west=minmax|mse|percentile, groups=K, permute=0|1, tmiqr=ff2|all, estimator=NAME"
+WEIGHT_ESTIMATORS = ("minmax", "mse", "percentile")
 
 
 def get_recipe(spec: str) -> Recipe:
-    """'NAME' or 'NAME:key=value:key=value' -> Recipe (':' separates options, so recipe lists can use ','). Options (any recipe): weights=tensor|channel;
-    estimator=NAME for every static site; PEG: groups=K, permute=0|1; TM-IQR: tmiqr=ff2|all (all: clip
-    every linear input, not only FF2's). The full string is the recipe's name in results and files."""
+    """'NAME' or 'NAME:key=value:key=value' -> Recipe (':' separates options, so recipe lists can use ',').
+
+    Options (any recipe): weights=tensor|channel (one weight scale per tensor or per output channel);
+    emb=int8 stores the word-embedding table as int8 rows, one symmetric abs-max scale per row (4x
+    smaller; a looked-up row is dequantized, so no activation changes type);
+    west=minmax|mse|percentile, the weight range estimator (minmax never clips a weight; mse, the
+    w8a8/w8a8-mp/peg default, clips where that lowers the weights' MSE, which cuts the few large FFN
+    output weights that write the outlier dims); estimator=NAME for every static activation site;
+    PEG: groups=K, permute=0|1; TM-IQR: tmiqr=ff2|all (all: clip every linear input, not only FF2's).
+    The full string is the recipe's name in results and files."""
     if not isinstance(spec, str):
         raise QuantError(f"recipe must be a string, got {spec!r}")
     base, *opts = spec.split(":")
@@ -158,6 +167,10 @@ def get_recipe(spec: str) -> Recipe:
         key, val = key.strip(), val.strip()
         if key == "weights" and val in ("tensor", "channel"):
             changes["weight_granularity"] = val
+        elif key == "emb" and val in ("int8", "float"):
+            changes["embedding_int8"] = val == "int8"
+        elif key == "west" and val in WEIGHT_ESTIMATORS:
+            changes["weight_estimator"] = val
         elif key == "groups" and val.isdigit() and int(val) >= 1:
             changes["peg_groups"] = int(val)
         elif key == "permute" and val in ("0", "1"):
@@ -246,11 +259,17 @@ class QTensor:
 
 @dataclasses.dataclass
 class QWeight:
-    q: np.ndarray  # int8 [N, K]
+    """An int8 linear weight: the packed panels are its only stored copy (one byte per weight)."""
+
     scale: np.ndarray  # float32 [N] (per-tensor scales broadcast)
     bias: np.ndarray | None  # float32 [N]
     packed: object  # kernels' PackedInt8Weight
     deq64: np.ndarray | None = None  # float64 [N, K] dequantized, built lazily for simulation
+
+    @property
+    def q(self) -> np.ndarray:
+        """int8 [N, K] codes (unpacked on each access)."""
+        return self.packed.w
 
 
 def quantize_weight(w: np.ndarray, b: np.ndarray | None, bits: int, granularity: str, estimator: str) -> QWeight:
@@ -264,7 +283,22 @@ def quantize_weight(w: np.ndarray, b: np.ndarray | None, bits: int, granularity:
     qp = qparams_from_range(lo, hi, bits, symmetric=True, signed=True, axis=axis)
     q = quantize(w, qp).astype(np.int8)
     scale = np.broadcast_to(qp.scale, (w.shape[0],)).astype(np.float32)
-    return QWeight(q, scale, None if b is None else np.asarray(b, np.float32), kg.pack_int8_weight(q))
+    return QWeight(scale, None if b is None else np.asarray(b, np.float32), kg.pack_int8_weight(q))
+
+
+WORD_EMB = "embeddings.word_embeddings.weight"
+
+
+def quantize_embedding_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[V, C] float -> (int8 [V, C], float32 [V]): symmetric per-row abs-max (no row is clipped).
+    Rows are what a lookup reads, so one scale per row costs one multiply per looked-up value."""
+    amax = np.abs(table).max(axis=1).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.empty(table.shape, np.int8)
+    for r0 in range(0, table.shape[0], 4096):  # in blocks: no full-size float temporaries
+        r1 = r0 + 4096
+        q[r0:r1] = np.clip(np.rint(table[r0:r1] / scale[r0:r1, None]), -127, 127)
+    return q, scale
 
 
 # ------------------------------------------------------------------------------------ executors
@@ -294,6 +328,13 @@ class QuantExecutor(Executor):
     def begin(self, attention_mask):
         super().begin(attention_mask)
         self._dyn_cache = {}
+
+    def word_rows(self, ids):
+        emb = self.qm.word_emb
+        if emb is None:
+            return None
+        q, scale = emb  # int8 [V, C], float32 [V]
+        return q[ids].astype(np.float32) * scale[ids][..., None]
 
     # ---- values
     def f(self, x):
@@ -380,7 +421,9 @@ class QuantExecutor(Executor):
                 codes, row_scale = self._dynamic(in_site, x, spec)
                 y = self._matmul(codes, None, row_scale, w, act)
             else:  # input kept in float: W8A32 with the dequantized weights
-                y = ops.linear(np.asarray(x, np.float32), w.q.astype(np.float32) * w.scale[:, None], w.bias)
+                if w.deq64 is None:
+                    w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
+                y = ops.linear(np.asarray(x, np.float32), w.deq64.astype(np.float32), w.bias)
                 return y if act is None else fused.activation(act, y)
         return y.reshape(*lead, -1)
 
@@ -566,7 +609,9 @@ class QuantizedModel(Model):
         self.site_qparams: dict[str, QParams] = {}
         self.perm: np.ndarray | None = None
         self.qweights: dict[str, QWeight] = {}
+        self.word_emb: tuple[np.ndarray, np.ndarray] | None = None  # (int8 [V, C], float32 [V]) with emb=int8
         self.calibrated = False
+        self.float_weights_released = False
         for s, sp in self.specs.items():
             if sp.mode == "static" and sp.fixed_range is not None:
                 self.site_qparams[s] = qparams_from_range(*sp.fixed_range, sp.bits, sp.symmetric)
@@ -592,6 +637,9 @@ class QuantizedModel(Model):
 
     # ---- calibration
     def calibrate(self, batches: Iterable[Batch], progress: bool = False) -> "QuantizedModel":
+        if self.float_weights_released:
+            raise CalibrationError("this model's FP32 linear weights were replaced by their int8 codes when it was "
+                                   "quantized; calibrate a fresh one: quantize_model(fp32_model, recipe, calibration=...)")
         sites = self.static_sites
         C = self.config.hidden_size
         ests = {}
@@ -650,12 +698,21 @@ class QuantizedModel(Model):
         return self
 
     def _quantize_weights(self) -> None:
+        """int8 codes of every linear weight; the FP32 copies leave `params` (a quantized model holds
+        one byte per linear weight, not five). Needed FP32 values come from the FP32 model."""
         r = self.recipe
         self.qweights = {
             n: quantize_weight(self.params[n + ".weight"], self.params[n + ".bias"], r.weight_bits, r.weight_granularity,
                                r.weight_estimator)
             for n in linear_names(self.config)
         }
+        drop = {n + ".weight" for n in self.qweights}
+        if r.embedding_int8:
+            self.word_emb = quantize_embedding_rows(self.params[WORD_EMB])
+            drop.add(WORD_EMB)
+        # copies, not views: the quantized model must not pin the FP32 checkpoint's memory map
+        self.params = {k: np.array(v, copy=True) for k, v in self.params.items() if k not in drop}
+        self.float_weights_released = True
 
     # ---- save / load
     def save(self, out_dir: str | Path) -> Path:
@@ -848,6 +905,8 @@ def save_quantized(qm: QuantizedModel, out_dir: str | Path) -> Path:
         for n, w in qm.qweights.items():
             tensors[f"{n}.weight.q"] = np.ascontiguousarray(w.q)
             tensors[f"{n}.weight.scale"] = w.scale
+        if qm.word_emb is not None:
+            tensors[WORD_EMB + ".q"], tensors[WORD_EMB + ".scale"] = qm.word_emb
         if qm.perm is not None:
             tensors["peg.perm"] = qm.perm
         save_file(tensors, str(tmp / QUANT_TENSORS))
@@ -912,14 +971,21 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
     cfg = BertConfig.from_dict(meta["config"], source=str(meta_file))
     t = load_safetensors(model_dir / QUANT_TENSORS)
     params = {k: v for k, v in t.items() if not (k.endswith((".weight.q", ".weight.scale")) or k == "peg.perm")}
+    word_emb = None
+    if recipe.embedding_int8:
+        try:
+            word_emb = (np.array(t[WORD_EMB + ".q"]), np.array(t[WORD_EMB + ".scale"]))
+        except KeyError:
+            raise QuantError(f"{model_dir / QUANT_TENSORS}: the int8 word embeddings of recipe {recipe.name!r} are missing; re-save") from None
+        params[WORD_EMB] = word_emb[0].astype(np.float32) * word_emb[1][:, None]  # for site discovery only
     qweights = {}
     for n in linear_names(cfg):
         try:
             q, scale = np.array(t[f"{n}.weight.q"]), np.array(t[f"{n}.weight.scale"])
         except KeyError:
             raise QuantError(f"{model_dir / QUANT_TENSORS}: integer weights of {n!r} are missing; re-save") from None
-        params[n + ".weight"] = q.astype(np.float32) * scale[:, None]
-        qweights[n] = QWeight(q, scale, np.asarray(params[n + ".bias"], np.float32), kg.pack_int8_weight(q))
+        params[n + ".weight"] = q.astype(np.float32) * scale[:, None]  # for site discovery only, dropped below
+        qweights[n] = QWeight(scale, np.asarray(params[n + ".bias"], np.float32), kg.pack_int8_weight(q))
     tok = Tokenizer.from_dir(model_dir, cfg.max_tokens) if (model_dir / "tokenizer.json").is_file() else None
     base = Model(cfg, params, tok, Pooling.from_dir(model_dir), str(model_dir))
     qm = QuantizedModel(base, recipe, [(p, kv) for p, kv in meta.get("overrides", [])])
@@ -929,5 +995,9 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
         raise QuantError(f"{meta_file}: QParams for unknown sites {sorted(unknown)[:3]}; the file does not match the model")
     qm.perm = np.array(t["peg.perm"]) if "peg.perm" in t else None
     qm.qweights = qweights
+    qm.word_emb = word_emb
+    drop = {n + ".weight" for n in qweights} | ({WORD_EMB} if word_emb is not None else set())
+    qm.params = {k: v for k, v in qm.params.items() if k not in drop}
+    qm.float_weights_released = True
     qm.calibrated = True
     return qm

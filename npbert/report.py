@@ -283,17 +283,21 @@ def ffn_table(stats: dict, n_layers: int) -> list[dict]:
     return rows
 
 
-def weight_clipping(qm) -> dict:
+def weight_clipping(qm, fp32) -> dict:
     """Per linear layer of a QuantizedModel: how much of W its weight quantizer clips.
 
+    fp32: the FP32 Model qm was quantized from (a quantized model keeps only the int8 codes).
     {name: {"absmax", "clip" (largest representable |w| of the row holding absmax), "n_clipped",
     "row" (that row, in HF order)}}. Clipped weights feeding an outlier dim erase the outlier whatever
     the activation ranges are, so a low SQNR at a linear's output can come from here.
     """
     out = {}
+    from npbert.qmodel import fold_permutation
+
     C = qm.config.hidden_size
+    float_params = fp32.params if qm.perm is None else fold_permutation(fp32.params, fp32.config, qm.perm)
     for name, w in qm.qweights.items():
-        W = qm.params[name + ".weight"]  # [N, K] float32, in the model's (possibly permuted) order
+        W = float_params[name + ".weight"]  # [N, K] float32, in the quantized model's (possibly permuted) order
         qmax = 2 ** (qm.recipe.weight_bits - 1) - 1
         clip = w.scale.astype(np.float64) * qmax  # [N]
         over = np.abs(W) > clip[:, None] * (1 + 1e-6)
@@ -692,7 +696,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         qm = quantize_model(model, recipe, calibration=(texts, pairs) if rec.needs_calibration else None,
                             progress=progress, batch_size=args.batch_size)
         errors = site_errors(qm, model, batches)
-        weights = weight_clipping(qm)
+        weights = weight_clipping(qm, model)
     report = build_report(stats, meta, errors, recipe, args.top, weights, _id_to_token(model_dir))
 
     out = Path(args.out)

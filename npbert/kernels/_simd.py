@@ -67,7 +67,8 @@ def _is_flat(t, dtype) -> bool:
 
 @intrinsic
 def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
-    if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int16) and _is_flat(out, types.int32)):
+    if not (_is_flat(a16, types.int16) and (_is_flat(wp, types.int16) or _is_flat(wp, types.int8))
+            and _is_flat(out, types.int32)):
         return None
     sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, out, types.intp, types.intp)
 
@@ -78,7 +79,10 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, l
         o_off_v, ldo_v = args[7], args[8]
         a_off_v, lda_v, w_off_v, npairs_v = args[1], args[2], args[4], args[5]
         i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        wt = ir.IntType(signature.args[3].dtype.bitwidth)  # panel element: i16, or i8 (sign-extended in
+        # the loop: vpmovsxbw from memory; the products' operands still fit i16, so vpmaddwd matches)
         v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+        v16w = ir.VectorType(wt, 16)
         even = ir.Constant(v8i32, list(range(0, 16, 2)))
         odd = ir.Constant(v8i32, list(range(1, 16, 2)))
         splat0 = ir.Constant(v8i32, [0] * 8)
@@ -86,15 +90,15 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, l
         i16p = i16.as_pointer()
 
         a_base = builder.gep(builder.bitcast(a_arr.data, i16p), [a_off_v])
-        w_base = builder.gep(builder.bitcast(w_arr.data, i16p), [w_off_v])
+        w_base = builder.gep(builder.bitcast(w_arr.data, wt.as_pointer()), [w_off_v])
         rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
 
         with cgutils.for_range(builder, npairs_v) as loop:
             p = loop.index
             wp_p = builder.gep(w_base, [builder.mul(p, ir.Constant(i64, 2 * NR))])
-            w_lo = builder.load(builder.bitcast(wp_p, v16i16.as_pointer()), align=2)
-            w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16i16.as_pointer()), align=2)
+            w_lo = builder.load(builder.bitcast(wp_p, v16w.as_pointer()), align=1)
+            w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16w.as_pointer()), align=1)
             w32 = (builder.sext(w_lo, v16i32), builder.sext(w_hi, v16i32))
             p2 = builder.shl(p, ir.Constant(i64, 1))
             for r in range(MR):

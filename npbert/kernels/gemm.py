@@ -4,8 +4,10 @@ Data layout (shapes next to the math):
     a16    int16 [Mpad, lda]       activations widened once per GEMM (zero point subtracted for
                                    8-bit inputs), Mpad = ceil(M/4)*4, lda = 2*KP, KP = ceil(K/2) k-pairs;
                                    padding is zeros, so padded rows/columns add nothing.
-    panels int16 [NP, KP, 32]      weights packed offline: panel j holds output columns 16j..16j+15;
-                                   panels[j, p, 2c + t] = w[16j + c, 2p + t] (zero padded).
+    panels int8 [NP, KP, 32]       weights packed offline: panel j holds output columns 16j..16j+15;
+                                   panels[j, p, 2c + t] = w[16j + c, 2p + t] (zero padded). The
+                                   packed panels ARE the stored weight (one byte per weight); the
+                                   micro-kernel sign-extends them to int16 as it loads (vpmovsxbw).
 Micro-kernel (npbert/kernels/_simd.py): a 4 x 16 int32 tile, for each k-pair p one 32-bit broadcast
 of (a[r, 2p], a[r, 2p+1]) per row and two 16-lane int16 loads of the panel; a multiply-add of int16
 pairs into int32 (x86: vpmaddwd) then an int32 add into eight accumulators (vpaddd).
@@ -59,28 +61,34 @@ S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 213
 class PackedInt8Weight:
     """An int8 weight [N, K] (HF Linear layout) packed for the GEMM kernels, packed once at load time.
 
-    Attributes: n, k; w (the original int8 [N, K], read-only view; used by the reference twins);
-    panels (int16 [NP*KP*32], see the module docstring); row_sums (int32 [N], sum_k w[n, k], for
-    zero-point correction: sum_k (a - z) w = sum_k a w - z * row_sums).
+    Attributes: n, k; panels (int8 [NP*KP*32], see the module docstring: the only copy of the
+    weights kept); row_sums (int32 [N], sum_k w[n, k], for zero-point correction:
+    sum_k (a - z) w = sum_k a w - z * row_sums); w (property: the int8 [N, K] unpacked from the
+    panels on each access, read-only; for the reference twins, simulation and saving).
     """
 
-    __slots__ = ("n", "k", "kp", "w", "panels", "row_sums", "_groups")
+    __slots__ = ("n", "k", "kp", "panels", "row_sums", "_groups")
 
     def __init__(self, w: np.ndarray):
         w = C.array(w, "w", (np.int8,), 2)
         N, K = w.shape
         self.n, self.k = int(N), int(K)
         self.kp = (K + 1) // 2
-        wv = w.view()
-        wv.flags.writeable = False
-        self.w = wv
         NP = -(-N // NR)
-        buf = np.zeros((NP * NR, 2 * self.kp), dtype=np.int16)  # [Npad, 2*KP]
+        buf = np.zeros((NP * NR, 2 * self.kp), dtype=np.int8)  # [Npad, 2*KP]
         buf[:N, :K] = w
         # [NP, NR, KP, 2] -> [NP, KP, NR, 2]: panel-major, then k-pair, then column, then pair member
         self.panels = np.ascontiguousarray(buf.reshape(NP, NR, self.kp, 2).transpose(0, 2, 1, 3)).reshape(-1)
         self.row_sums = w.sum(axis=1, dtype=np.int64).astype(np.int32)  # |sum| <= 128 K fits int32
         self._groups = {}
+
+    @property
+    def w(self) -> np.ndarray:
+        NP = -(-self.n // NR)
+        buf = self.panels.reshape(NP, self.kp, NR, 2).transpose(0, 2, 1, 3).reshape(NP * NR, 2 * self.kp)
+        w = np.ascontiguousarray(buf[: self.n, : self.k])
+        w.flags.writeable = False
+        return w
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,7 +99,8 @@ class PackedInt8Weight:
         key = bounds.tobytes()
         packs = self._groups.get(key)
         if packs is None:
-            packs = [PackedInt8Weight(self.w[:, int(bounds[g]) : int(bounds[g + 1])]) for g in range(len(bounds) - 1)]
+            w = self.w
+            packs = [PackedInt8Weight(w[:, int(bounds[g]) : int(bounds[g + 1])]) for g in range(len(bounds) - 1)]
             self._groups[key] = packs
         return packs
 
@@ -186,7 +195,7 @@ def _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, out_flat, tile):
 
 @jit(parallel=True)
 def _gemm_core(a16, lda, m, wp, kp, n, kblock, out, out_flat):
-    """out[m, n] = a16[:m] @ W.T over kp k-pairs; a16 int16 flat [Mpad*lda], wp int16 flat [NP*kp*32];
+    """out[m, n] = a16[:m] @ W.T over kp k-pairs; a16 int16 flat [Mpad*lda], wp int8 flat [NP*kp*32];
     out_flat: out's memory as int32 [m*n] for direct tile stores, or an empty int32 array."""
     NP = (n + NR - 1) // NR
     for j in prange(NP):
