@@ -108,6 +108,8 @@ PROBS = "*.attention.self.probs"
 FFN_IN = "*.attention.output.LayerNorm.out"  # also the FFN residual's other operand
 FFN_OUT = "*.output.dense.out"
 FFN_RESIDUAL = "*.output.residual"
+# The FF2 input alone: "*.output.dense.in" also matches "*.attention.output.dense.in" (fnmatch's * spans dots).
+FF2_IN = "encoder.layer.*[0-9].output.dense.in"
 
 _DYN = {"mode": "dynamic", "bits": 8, "symmetric": True}
 _PROBS_FIXED = {"mode": "static", "bits": 8, "symmetric": True, "fixed_range": (0.0, 1.0)}
@@ -137,7 +139,8 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-RECIPE_OPTIONS = "weights=tensor|channel, emb=int8|float, west=minmax|mse|percentile, groups=K, permute=0|1, tmiqr=ff2|all, estimator=NAME"
+RECIPE_OPTIONS = ("weights=tensor|channel, emb=int8|float, west=minmax|mse|percentile, ff2bits=16, groups=K, permute=0|1, "
+                  "tmiqr=ff2|all, estimator=NAME")
 WEIGHT_ESTIMATORS = ("minmax", "mse", "percentile")
 
 
@@ -149,7 +152,9 @@ def get_recipe(spec: str) -> Recipe:
     smaller; a looked-up row is dequantized, so no activation changes type);
     west=minmax|mse|percentile, the weight range estimator (minmax never clips a weight; mse, the
     w8a8/w8a8-mp/peg default, clips where that lowers the weights' MSE, which cuts the few large FFN
-    output weights that write the outlier dims); estimator=NAME for every static activation site;
+    output weights that write the outlier dims); ff2bits=16: the FF2 input (the GELU output, 4x the
+    hidden size wide; not the attention output projection's input) at 16 bits, symmetric;
+    estimator=NAME for every static activation site;
     PEG: groups=K, permute=0|1; TM-IQR: tmiqr=ff2|all (all: clip every linear input, not only FF2's).
     The full string is the recipe's name in results and files."""
     if not isinstance(spec, str):
@@ -171,6 +176,8 @@ def get_recipe(spec: str) -> Recipe:
             changes["embedding_int8"] = val == "int8"
         elif key == "west" and val in WEIGHT_ESTIMATORS:
             changes["weight_estimator"] = val
+        elif key == "ff2bits" and val == "16":
+            extra_rules.append((FF2_IN, {"bits": 16, "symmetric": True}))
         elif key == "groups" and val.isdigit() and int(val) >= 1:
             changes["peg_groups"] = int(val)
         elif key == "permute" and val in ("0", "1"):

@@ -48,7 +48,11 @@ def _int_vs_sim(model, texts, recipe):
     return nmse(o_int, o_sim, b.attention_mask), nmse(o_sim, ref, b.attention_mask)
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
+# The option sets the MPNet similarity table reports (bench/run_sim_table.sh), besides the base recipes.
+OPTION_VARIANTS = ["w8a8-mp:weights=channel:west=minmax:ff2bits=16", "peg:groups=4:weights=channel:west=minmax:ff2bits=16"]
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES) + OPTION_VARIANTS)
 def test_integer_path_matches_simulation_tiny(tiny, recipe):
     d_int, d_q = _int_vs_sim(tiny, TINY_TEXTS, recipe)
     assert d_int <= SIM_BUDGET * d_q + 1e-12, (d_int, d_q)
@@ -166,6 +170,25 @@ def test_weight_estimator_option(tiny):
     assert any(not np.array_equal(q_mm.qweights[n].q, q_mse.qweights[n].q) for n in q_mm.qweights)
     b = tiny.tokenizer.encode(TINY_TEXTS)
     assert not np.array_equal(q_mm.forward(b).last_hidden_state, q_mse.forward(b).last_hidden_state)
+
+
+def test_ff2bits_option(tiny):
+    """ff2bits=16 puts the FF2 input (GELU output) at 16 bits, symmetric, and nothing else."""
+    r, base = get_recipe("w8a8:ff2bits=16"), get_recipe("w8a8")
+    ff2, other = "encoder.layer.0.output.dense.in", "encoder.layer.0.attention.output.dense.in"
+    assert (r.spec(ff2).bits, r.spec(ff2).symmetric, r.spec(ff2).mode) == (16, True, "static")
+    assert r.spec(other) == base.spec(other)
+    d = get_recipe("dynamic:ff2bits=16").spec(ff2)
+    assert (d.mode, d.bits) == ("dynamic", 16)
+    with pytest.raises(QuantError, match="bad option 'ff2bits=12'.*ff2bits=16"):
+        get_recipe("w8a8:ff2bits=12")
+    q8 = quantize_model(tiny, "w8a8", calibration=TINY_TEXTS)
+    q16 = quantize_model(tiny, "w8a8:ff2bits=16", calibration=TINY_TEXTS)
+    assert q16.site_qparams[ff2].int_dtype == np.int16
+    assert q16.site_qparams[other] == q8.site_qparams[other]
+    b = [tiny.tokenizer.encode(TINY_TEXTS)]
+    e8, e16 = site_errors(q8, tiny, b)[ff2]["nmse"], site_errors(q16, tiny, b)[ff2]["nmse"]
+    assert e16 < e8, (e16, e8)  # same upstream sites; only the FF2 input grid is finer
 
 
 def test_empty_calibration(tiny):
