@@ -21,6 +21,7 @@ import dataclasses
 import fnmatch
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -325,6 +326,10 @@ class QuantExecutor(Executor):
     # Fuse the attention scores -> softmax -> probs codes chain into one kernel (skipping the
     # float `scores` site when it is not quantized). Executors that tap every site turn this off.
     FUSE_SOFTMAX = True
+    # Write encoder linears' float outputs into per-role buffers reused layer after layer (each is
+    # consumed within its layer: quantized, or added into the residual stream). Executors that keep
+    # site values (taps) turn this off, or later layers would overwrite what they kept.
+    REUSE_OUTPUTS = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -335,6 +340,11 @@ class QuantExecutor(Executor):
     def begin(self, attention_mask):
         super().begin(attention_mask)
         self._dyn_cache = {}
+
+    def _scratch(self, role: str, shape: tuple, dtype) -> np.ndarray:
+        """A buffer for an intermediate that is consumed before the next use of `role` (GEMM
+        accumulators): reused across calls and forwards, per thread; see QuantizedModel.scratch."""
+        return self.qm.scratch(role, shape, dtype)
 
     def word_rows(self, ids):
         emb = self.qm.word_emb
@@ -384,8 +394,12 @@ class QuantExecutor(Executor):
 
     # ---- GEMMs
     def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight,
-                act: str | None = None) -> np.ndarray:
-        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act."""
+                act: str | None = None, out_role: str | None = None) -> np.ndarray:
+        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act;
+        out_role: write the result into that scratch buffer (see REUSE_OUTPUTS) instead of a new array."""
+        out = None
+        if out_role is not None and not self.sim and (qp is None or qp.granularity != "group"):
+            out = self._scratch(out_role, (codes.shape[0], w.packed.n), np.float32)
         if self.sim:
             if w.deq64 is None:
                 w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
@@ -395,22 +409,26 @@ class QuantExecutor(Executor):
                 a = codes.astype(np.float64) * row_scale.astype(np.float64)[:, None]
             y = (a @ w.deq64.T).astype(np.float32)
         elif qp is None:  # dynamic: symmetric codes, one scale per row
-            acc = kg.gemm_s8s8(codes, w.packed) if codes.dtype == np.int8 else kg.gemm_s16s8(codes, w.packed)
-            return fused.epilogue(acc, row_scale, w.scale, w.bias, act)
+            if codes.dtype == np.int8:
+                acc = kg.gemm_s8s8(codes, w.packed, out=self._scratch("acc", (codes.shape[0], w.packed.n), np.int32))
+            else:
+                acc = kg.gemm_s16s8(codes, w.packed)
+            return fused.epilogue(acc, row_scale, w.scale, w.bias, act, out)
         elif qp.granularity == "group":
             # PEG: one exact integer GEMM per group, combined with the group scales (kernel), then W's scale.
             y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed) * w.scale[None, :]
         else:
             zp = int(qp.zero_point)
+            acc_buf = self._scratch("acc", (codes.shape[0], w.packed.n), np.int32)
             if codes.dtype == np.int8:
-                acc = kg.gemm_s8s8(codes, w.packed)
+                acc = kg.gemm_s8s8(codes, w.packed, out=acc_buf)
             elif codes.dtype == np.uint8:
-                acc = kg.gemm_u8s8(codes, zp, w.packed)
+                acc = kg.gemm_u8s8(codes, zp, w.packed, out=acc_buf)
             else:
                 acc = kg.gemm_s16s8(codes, w.packed, zp)
             # float32(float64(acc) * activation scale) * W's scale + bias: gemm_grouped's rounding, so
             # PEG with one group is bit-identical to per tensor.
-            return fused.epilogue(acc, qp.scale, w.scale, w.bias, act)
+            return fused.epilogue(acc, qp.scale, w.scale, w.bias, act, out)
         y = y + w.bias if w.bias is not None else y
         return y if act is None else fused.activation(act, y)
 
@@ -419,14 +437,16 @@ class QuantExecutor(Executor):
         if w is None:
             return super().linear(name, x, in_site, act)
         lead = x.q.shape[:-1] if isinstance(x, QTensor) else np.shape(x)[:-1]
+        # role shared by the same linear of every layer; head outputs (logits) escape: never reused
+        role = "out:" + name.split(".", 3)[-1] if (self.REUSE_OUTPUTS and name.startswith("encoder.")) else None
         if isinstance(x, QTensor):
             codes = np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1])
-            y = self._matmul(codes, x.qp, None, w, act)
+            y = self._matmul(codes, x.qp, None, w, act, role)
         else:
             spec = self.qm.specs[in_site]
             if spec.mode == "dynamic":
                 codes, row_scale = self._dynamic(in_site, x, spec)
-                y = self._matmul(codes, None, row_scale, w, act)
+                y = self._matmul(codes, None, row_scale, w, act, role)
             else:  # input kept in float: W8A32 with the dequantized weights
                 if w.deq64 is None:
                     w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
@@ -462,7 +482,8 @@ class QuantExecutor(Executor):
         if self.sim:
             acc = np.matmul(q8.astype(np.float64), k8.astype(np.float64).transpose(0, 1, 3, 2))
         else:
-            acc = kg.bgemm_s8s8(np.ascontiguousarray(q8).reshape(B * h, T, d), np.ascontiguousarray(k8).reshape(B * h, T, d))
+            acc = kg.bgemm_s8s8(np.ascontiguousarray(q8).reshape(B * h, T, d), np.ascontiguousarray(k8).reshape(B * h, T, d),
+                                out=self._scratch("scores", (B * h, T, T), np.int32))
             acc = acc.reshape(B, h, T, T)
         seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
         if (self.FUSE_SOFTMAX and not self.sim and prefix + ".scores" not in self.qm.site_qparams
@@ -481,10 +502,11 @@ class QuantExecutor(Executor):
         else:
             vt = np.ascontiguousarray(v8.transpose(0, 1, 3, 2)).reshape(B * h, d, T)
             pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
+            out = self._scratch("context", (B * h, T, d), np.int32)
             if p.q.dtype == np.uint8:
-                acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt)
+                acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt, out=out)
             else:
-                acc = kg.bgemm_s8s8(pc, vt)
+                acc = kg.bgemm_s8s8(pc, vt, out=out)
             ctx = acc.reshape(B, h, T, d).astype(np.float32) * (np.float32(probs_qp.scale) * sv)[:, None, None, None]
         return ops.merge_heads(ctx)
 
@@ -619,9 +641,23 @@ class QuantizedModel(Model):
         self.word_emb: tuple[np.ndarray, np.ndarray] | None = None  # (int8 [V, C], float32 [V]) with emb=int8
         self.calibrated = False
         self.float_weights_released = False
+        self._scratch_local = threading.local()
         for s, sp in self.specs.items():
             if sp.mode == "static" and sp.fixed_range is not None:
                 self.site_qparams[s] = qparams_from_range(*sp.fixed_range, sp.bits, sp.symmetric)
+
+    def scratch(self, role: str, shape: tuple, dtype) -> np.ndarray:
+        """A reusable buffer per (thread, role): grow-only flat storage viewed as `shape`. For values
+        consumed before the role is asked for again (GEMM accumulators), never for values that escape
+        a forward. Allocating them fresh cost ~15% of a MiniLM forward in page faults."""
+        ws = getattr(self._scratch_local, "bufs", None)
+        if ws is None:
+            ws = self._scratch_local.bufs = {}
+        n = int(np.prod(shape))
+        buf = ws.get((role, np.dtype(dtype).str))
+        if buf is None or buf.size < n:
+            buf = ws[(role, np.dtype(dtype).str)] = np.empty(n, dtype)
+        return buf[:n].reshape(shape)
 
     @property
     def static_sites(self) -> list[str]:
@@ -730,6 +766,7 @@ class _SiteTap:
     """Mixin: remember every site's value (as float32) from one forward."""
 
     FUSE_SOFTMAX = False  # the float scores must pass site() to be seen
+    REUSE_OUTPUTS = False  # seen values must not be overwritten by later layers
 
     def site(self, name, x):
         return self._emit(name, super().site(name, x))

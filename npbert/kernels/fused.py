@@ -46,6 +46,9 @@ _INV_FACT = tuple(np.float32(1.0 / f) for f in (1.0, 1.0, 2.0, 6.0, 24.0, 120.0,
 _P = np.float32(0.3275911)
 _A1, _A2, _A3, _A4, _A5 = (np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
 _INV_SQRT2 = np.float32(1 / np.sqrt(2.0))
+# Rows per parallel chunk: scratch buffers are allocated once per chunk, not per row (an allocation
+# per 128-value softmax row cost as much as the row's arithmetic).
+ROWS_PER_CHUNK = 32
 _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
@@ -80,9 +83,11 @@ def _exp_inplace(x, ebits):
 def exp(x):
     """e^x for float32 x [M, K] (row-parallel). For tests; the kernels below call _exp_inplace."""
     out = x.copy()
-    for m in prange(x.shape[0]):
+    M = x.shape[0]
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         eb = np.empty(x.shape[1], np.int32)
-        _exp_inplace(out[m], eb)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            _exp_inplace(out[m], eb)
     return out
 
 
@@ -125,10 +130,12 @@ def _act_row(y, act, tmp, ebits):
 
 @jit(parallel=True, ieee=True)
 def _activation_rows(y, act):
-    for m in prange(y.shape[0]):
+    M = y.shape[0]
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         tmp = np.empty(y.shape[1], np.float32)
         eb = np.empty(y.shape[1], np.int32)
-        _act_row(y[m], act, tmp, eb)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            _act_row(y[m], act, tmp, eb)
 
 
 def activation(name: str, x: np.ndarray) -> np.ndarray:
@@ -147,34 +154,40 @@ def _epilogue_rows(acc, row_scale, w_scale, bias, has_bias, act, out):
     """out[m, n] = act(float32(float64(acc[m, n]) * row_scale[m]) * w_scale[n] + bias[n])
     # acc int32/int64 [M, N], row_scale float64 [M], w_scale/bias float32 [N] -> out float32 [M, N]"""
     M, N = acc.shape
-    for m in prange(M):
-        rs = row_scale[m]
-        o = out[m]
-        a = acc[m]
-        for n in range(N):
-            o[n] = np.float32(np.float64(a[n]) * rs) * w_scale[n]
-        if has_bias:
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        tmp = np.empty(N, np.float32)
+        eb = np.empty(N, np.int32)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            rs = row_scale[m]
+            o = out[m]
+            a = acc[m]
             for n in range(N):
-                o[n] = o[n] + bias[n]
-        if act != ACT_NONE:
-            tmp = np.empty(N, np.float32)
-            eb = np.empty(N, np.int32)
-            _act_row(o, act, tmp, eb)
+                o[n] = np.float32(np.float64(a[n]) * rs) * w_scale[n]
+            if has_bias:
+                for n in range(N):
+                    o[n] = o[n] + bias[n]
+            if act != ACT_NONE:
+                _act_row(o, act, tmp, eb)
 
 
 _NO_BIAS = np.zeros(1, np.float32)
 
 
-def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray | None, act: str | None = None) -> np.ndarray:
+def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray | None, act: str | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
     """Integer accumulators -> float32 outputs of a linear layer, one pass.
 
     acc int32/int64 [M, N]; row_scale: float [M] (dynamic: the row's sequence scale) or a scalar
-    (static per tensor); w_scale float32 [N]; bias float32 [N] or None; act: None or an activation name.
+    (static per tensor); w_scale float32 [N]; bias float32 [N] or None; act: None or an activation name;
+    out: a float32 [M, N] C-contiguous array to write into (else a new one).
     """
     M, N = acc.shape
     rs = np.broadcast_to(np.asarray(row_scale, np.float64), (M,))
     rs = np.ascontiguousarray(rs)
-    out = np.empty((M, N), np.float32)
+    if out is None:
+        out = np.empty((M, N), np.float32)
+    elif not (out.dtype == np.float32 and out.shape == (M, N) and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"epilogue: out must be a writeable C-contiguous float32 array of shape {(M, N)}")
     if M and N:
         b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
         _epilogue_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,
@@ -235,9 +248,11 @@ def _softmax_inplace(e, ebits):
 
 @jit(parallel=True, ieee=True)
 def _softmax_rows(out):
-    for m in prange(out.shape[0]):
+    M = out.shape[0]
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         eb = np.empty(out.shape[1], np.int32)
-        _softmax_inplace(out[m], eb)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            _softmax_inplace(out[m], eb)
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:
@@ -249,30 +264,30 @@ def softmax_rows(x: np.ndarray) -> np.ndarray:
 
 
 @jit(parallel=True, ieee=True)
-def _softmax_quantize_core(acc, seq_scale, bias, p_scale, lo, hi, zpf, out):
-    """Per row (b, j, i): s = float32(acc) * seq_scale[b] + bias[b, j, i]; p = softmax(s);
-    out = clamp(rint(p / p_scale), lo, hi) + zp.
-    # acc int32 [B, h, T, T], seq_scale float32 [B], bias float32 broadcastable [B, h, T, T] (strided),
-    # out int8/uint8 [B, h, T, T]"""
-    B, H, T, S = acc.shape
-    for r in prange(B * H * T):
-        b = r // (H * T)
-        j = (r // T) % H
-        i = r % T
+def _softmax_quantize_core(acc, seq_scale, key_bias, rel_bias, has_rel, p_scale, lo, hi, zpf, out):
+    """Per row (b, j, i): s = float32(acc) * seq_scale[b] + key_bias[b] (+ rel_bias[b, j, i]);
+    p = softmax(s); out = clamp(rint(p / p_scale), lo, hi) + zp.
+    # acc int32 [B*H*T, S] rows, seq_scale float32 [B], key_bias float32 [B, S] (the padding mask),
+    # rel_bias float32 [B*H*T, S] (MPNet's relative bias + mask) when has_rel, out int8/uint8 [B*H*T, S]"""
+    R, S = acc.shape
+    rows_per_seq = R // seq_scale.shape[0]
+    for c in prange((R + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         s = np.empty(S, np.float32)
         eb = np.empty(S, np.int32)
-        a = acc[b, j, i]
-        br = bias[b, j, i]
-        sc = seq_scale[b]
-        for k in range(S):
-            s[k] = np.float32(a[k]) * sc + br[k]
-        _softmax_inplace(s, eb)
-        o = out[b, j, i]
-        for k in range(S):
-            q = np.rint(s[k] / p_scale)
-            q = hi if q > hi else q
-            q = lo if q < lo else q
-            o[k] = np.int32(q + zpf)
+        for r in range(c * ROWS_PER_CHUNK, min(R, (c + 1) * ROWS_PER_CHUNK)):
+            b = r // rows_per_seq
+            a = acc[r]
+            sc = seq_scale[b]
+            br = rel_bias[r] if has_rel else key_bias[b]
+            for k in range(S):
+                s[k] = np.float32(a[k]) * sc + br[k]
+            _softmax_inplace(s, eb)
+            o = out[r]
+            for k in range(S):
+                q = np.rint(s[k] / p_scale)
+                q = hi if q > hi else q
+                q = lo if q < lo else q
+                o[k] = np.int32(q + zpf)
 
 
 def softmax_quantize(acc: np.ndarray, seq_scale: np.ndarray, bias: np.ndarray, p_scale: float, zero_point: int,
@@ -280,17 +295,26 @@ def softmax_quantize(acc: np.ndarray, seq_scale: np.ndarray, bias: np.ndarray, p
     """Attention probabilities straight from the Q K^T accumulators to their static codes.
 
     acc int32 [B, h, T, T]; seq_scale float32 [B] (= s_q s_k / sqrt(d), per sequence); bias float32
-    broadcastable to [B, h, T, T] (key mask, MPNet's relative bias); the codes use the probs site's
-    static (p_scale, zero_point) with the quantizers' convention clamp(rint(p / scale)) + zp.
-    Equals quantize_static(softmax(float32(acc) * scale + bias)) up to the exp's last-ulp rounding.
+    broadcastable to [B, h, T, T] (key mask [B, 1, 1, T], or MPNet's full relative bias); the codes
+    use the probs site's static (p_scale, zero_point) with the quantizers' convention
+    clamp(rint(p / scale)) + zp. Equals quantize_static(softmax(float32(acc) * scale + bias)) up to
+    the exp's last-ulp rounding.
     """
     B, H, T, S = acc.shape
-    bias4 = np.broadcast_to(np.asarray(bias, np.float32), (B, H, T, S))
+    bias = np.asarray(bias, np.float32)
     out = np.empty((B, H, T, S), out_dtype)
     zp = int(zero_point)
-    if acc.size:
-        _softmax_quantize_core(acc, np.ascontiguousarray(seq_scale, np.float32), bias4, np.float32(p_scale),
-                               np.float32(qmin - zp), np.float32(qmax - zp), np.float32(zp), out)
+    if not acc.size:
+        return out
+    if bias.ndim == 4 and bias.shape[1] == 1 and bias.shape[2] == 1:  # key padding only: one row per sequence
+        key = np.ascontiguousarray(np.broadcast_to(bias[:, 0, 0, :], (B, S)))
+        rel, has_rel = np.zeros((1, S), np.float32), False
+    else:
+        key = np.zeros((B, S), np.float32)
+        rel, has_rel = np.ascontiguousarray(np.broadcast_to(bias, (B, H, T, S))).reshape(B * H * T, S), True
+    _softmax_quantize_core(np.ascontiguousarray(acc).reshape(B * H * T, S), np.ascontiguousarray(seq_scale, np.float32),
+                           key, rel, has_rel, np.float32(p_scale), np.float32(qmin - zp), np.float32(qmax - zp),
+                           np.float32(zp), out.reshape(B * H * T, S))
     return out
 
 
@@ -325,21 +349,25 @@ def _layer_norm_row(x, gamma, beta, eps, out, tmp):
 
 @jit(parallel=True, ieee=True)
 def _add_layer_norm_rows(a, b, gamma, beta, eps, out_sum, out):
-    for m in prange(a.shape[0]):
-        sr = out_sum[m]
-        ar = a[m]
-        br = b[m]
-        for k in range(a.shape[1]):
-            sr[k] = ar[k] + br[k]
+    M = a.shape[0]
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         tmp = np.empty(a.shape[1], np.float32)
-        _layer_norm_row(sr, gamma, beta, eps, out[m], tmp)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            sr = out_sum[m]
+            ar = a[m]
+            br = b[m]
+            for k in range(a.shape[1]):
+                sr[k] = ar[k] + br[k]
+            _layer_norm_row(sr, gamma, beta, eps, out[m], tmp)
 
 
 @jit(parallel=True, ieee=True)
 def _layer_norm_rows(x, gamma, beta, eps, out):
-    for m in prange(x.shape[0]):
+    M = x.shape[0]
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         tmp = np.empty(x.shape[1], np.float32)
-        _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:

@@ -28,6 +28,8 @@ Parallelism: prange over column panels (each thread writes its own 16 columns of
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import prange
 
@@ -239,17 +241,40 @@ def _axpy_rows(y, s, acc):
 # ---------------------------------------------------------------------------------------- wrappers
 
 
-def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dtype, kblock: int | None):
-    """Widen a[:, c0:c1] - zp to int16 and multiply by pw; out [M, N] of out_dtype."""
+_SCRATCH = threading.local()
+
+
+def _a16_scratch(n: int) -> np.ndarray:
+    """A per-thread int16 buffer of at least n elements for the widened activations, kept between
+    calls: a fresh multi-megabyte array per GEMM costs page faults comparable to a small GEMM."""
+    buf = getattr(_SCRATCH, "a16", None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.a16 = np.empty(max(n, 1 << 16), dtype=np.int16)
+    return buf[:n]
+
+
+def _out(out, M: int, N: int, dtype, name: str) -> np.ndarray:
+    if out is None:
+        return np.empty((M, N), dtype=dtype)
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (M, N) and out.flags.c_contiguous
+            and out.flags.writeable):
+        raise InputError(f"{name}: out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {(M, N)}")
+    return out
+
+
+def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dtype, kblock: int | None, out=None):
+    """Widen a[:, c0:c1] - zp to int16 and multiply by pw; out [M, N] of out_dtype (written into `out`
+    when given)."""
     M = a.shape[0]
     N, kp = pw.n, pw.kp
+    out = _out(out, M, N, out_dtype, "gemm")
     if M == 0 or N == 0 or kp == 0:
-        return np.zeros((M, N), dtype=out_dtype)
+        out[...] = 0
+        return out
     lda = 2 * kp
     mpad = -(-M // MR) * MR
-    a16 = np.empty(mpad * lda, dtype=np.int16)
+    a16 = _a16_scratch(mpad * lda)
     _widen(a, c0, c1, zp, mpad, lda, a16)
-    out = np.empty((M, N), dtype=out_dtype)
     out_flat = out.reshape(-1) if out.dtype == np.int32 else _NO_FLAT
     _gemm_core(a16, lda, M, pw.panels, kp, N, kp if kblock is None else kblock, out, out_flat)
     return out
@@ -275,16 +300,17 @@ def _u8_zp(zp, name="a_zero_point") -> int:
     return zp
 
 
-def gemm_s8s8(a, w) -> np.ndarray:
-    """Exact int8 GEMM: a int8 [M, K], w PackedInt8Weight or int8 [N, K] -> int32 [M, N] = a @ w.T."""
+def gemm_s8s8(a, w, out=None) -> np.ndarray:
+    """Exact int8 GEMM: a int8 [M, K], w PackedInt8Weight or int8 [N, K] -> int32 [M, N] = a @ w.T
+    (into `out`, an int32 [M, N] C-contiguous array, when given)."""
     pw = _as_packed(w)
     a = C.as_c(C.array(a, "a", (np.int8,), 2))
     _check_mk(a, pw, "gemm_s8s8")
     _check_k(pw.k, K_MAX_S8S8, "gemm_s8s8")
-    return _run(a, 0, 0, pw.k, pw, np.int32, None)
+    return _run(a, 0, 0, pw.k, pw, np.int32, None, out)
 
 
-def gemm_u8s8(a, a_zero_point: int, w) -> np.ndarray:
+def gemm_u8s8(a, a_zero_point: int, w, out=None) -> np.ndarray:
     """Exact uint8 x int8 GEMM: int32 [M, N] = sum_k (a[m, k] - zp) * w[n, k]; zp in [0, 255].
     The zero point is subtracted while widening a to int16 (exact: a - zp lies in [-255, 255]), which
     equals the row_sums correction sum_k a w - zp * row_sums without the intermediate."""
@@ -293,7 +319,7 @@ def gemm_u8s8(a, a_zero_point: int, w) -> np.ndarray:
     a = C.as_c(C.array(a, "a", (np.uint8,), 2))
     _check_mk(a, pw, "gemm_u8s8")
     _check_k(pw.k, K_MAX_U8S8, "gemm_u8s8")
-    return _run(a, zp, 0, pw.k, pw, np.int32, None)
+    return _run(a, zp, 0, pw.k, pw, np.int32, None, out)
 
 
 def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
@@ -357,27 +383,41 @@ def _check_batched(a, b, name):
         raise InputError(f"{name}: a [B, M, K] = {a.shape} and b [B, N, K] = {b.shape} must agree in B and K")
 
 
-def bgemm_s8s8(a, b) -> np.ndarray:
+def _bout(out, a, b, name):
+    shape = (a.shape[0], a.shape[1], b.shape[1])
+    if out is None:
+        return np.empty(shape, dtype=np.int32)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.int32 and out.shape == shape and out.flags.c_contiguous
+            and out.flags.writeable):
+        raise InputError(f"{name}: out must be a writeable C-contiguous int32 array of shape {shape}")
+    return out
+
+
+def bgemm_s8s8(a, b, out=None) -> np.ndarray:
     """Batched exact int8 GEMM: a int8 [B, M, K], b int8 [B, N, K] -> int32 [B, M, N] = a @ b^T per batch.
     For attention: Q K^T (K = head dim) and P V (b = V^T, K = T). prange over B."""
     a = C.as_c(C.array(a, "a", (np.int8,), 3))
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
     _check_batched(a, b, "bgemm_s8s8")
     _check_k(a.shape[2], K_MAX_S8S8, "bgemm_s8s8")
-    out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=np.int32)
+    out = _bout(out, a, b, "bgemm_s8s8")
     if out.size and a.shape[2]:
-        _bgemm_core(a, 0, b, out)
+        _bgemm_core(a, 0, b, out)  # writes every element
+    else:
+        out[...] = 0
     return out
 
 
-def bgemm_u8s8(a, a_zero_point: int, b) -> np.ndarray:
+def bgemm_u8s8(a, a_zero_point: int, b, out=None) -> np.ndarray:
     """Batched uint8 x int8 GEMM: int32 [B, M, N] = sum_k (a[i, m, k] - zp) * b[i, n, k]; zp in [0, 255]."""
     zp = _u8_zp(a_zero_point)
     a = C.as_c(C.array(a, "a", (np.uint8,), 3))
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
     _check_batched(a, b, "bgemm_u8s8")
     _check_k(a.shape[2], K_MAX_U8S8, "bgemm_u8s8")
-    out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=np.int32)
+    out = _bout(out, a, b, "bgemm_u8s8")
     if out.size and a.shape[2]:
         _bgemm_core(a, zp, b, out)
+    else:
+        out[...] = 0
     return out

@@ -127,8 +127,9 @@ def test_epilogue_empty():
     assert F.epilogue(np.zeros((0, 4), np.int32), np.zeros(0), np.ones(4, np.float32), None).shape == (0, 4)
 
 
+@pytest.mark.parametrize("rel", [False, True], ids=["key-mask", "mpnet-relative-bias"])
 @pytest.mark.parametrize("zp,qmin,qmax,dt", [(0, -127, 127, np.int8), (0, 0, 255, np.uint8), (-128, -128, 127, np.int8)])
-def test_softmax_quantize_equals_unfused_chain(zp, qmin, qmax, dt):
+def test_softmax_quantize_equals_unfused_chain(zp, qmin, qmax, dt, rel):
     rng = _rng(3)
     B, h, T = 2, 3, 19
     acc = rng.integers(-20000, 20000, (B, h, T, T)).astype(np.int32)
@@ -136,6 +137,8 @@ def test_softmax_quantize_equals_unfused_chain(zp, qmin, qmax, dt):
     mask = np.ones((B, T), np.int64)
     mask[1, 15:] = 0
     bias = ops.mask_bias(mask)  # [B, 1, 1, T]
+    if rel:  # a full [B, h, T, T] bias, as MPNet adds its relative position bias to the mask
+        bias = bias + rng.standard_normal((1, h, T, T)).astype(np.float32)
     p_scale = np.float32(1.0 / (qmax - zp))
     got = F.softmax_quantize(acc, seq_scale, bias, p_scale, zp, qmin, qmax, dt)
     scores = acc.astype(np.float32) * seq_scale[:, None, None, None] + bias

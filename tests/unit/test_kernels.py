@@ -525,3 +525,32 @@ def test_add_requant_equals_reference_and_saturating_add():
         _eq(out, np.clip(a.astype(np.int64) + b.astype(np.int64) - z, lo, hi).astype(dt))
     with pytest.raises(InputError):
         add_requant(a, 1, 0, b[:, :3], 1, 0, 1, 0, -128, 127, np.int8)
+
+
+def test_gemm_out_arguments():
+    """out= writes into a caller's buffer (the quantized forward reuses its accumulators) with the
+    same result; a buffer of the wrong kind is refused with an InputError that says what is needed."""
+    from npbert.kernels import fused
+    from npbert.kernels.gemm import bgemm_s8s8, bgemm_u8s8, gemm_s8s8, gemm_u8s8, pack_int8_weight
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (9, 21)).astype(np.int8)
+    au = rng.integers(0, 256, (9, 21)).astype(np.uint8)
+    pw = pack_int8_weight(rng.integers(-128, 128, (13, 21)).astype(np.int8))
+    out = np.full((9, 13), 7, np.int32)
+    assert gemm_s8s8(a, pw, out=out) is out and np.array_equal(out, gemm_s8s8(a, pw))
+    assert np.array_equal(gemm_u8s8(au, 3, pw, out=out), gemm_u8s8(au, 3, pw))
+    for bad in (np.zeros((9, 13), np.int64), np.zeros((9, 12), np.int32), np.zeros((13, 9), np.int32).T):
+        with pytest.raises(InputError, match="out must be"):
+            gemm_s8s8(a, pw, out=bad)
+    qa, qb = rng.integers(-128, 128, (2, 5, 7)).astype(np.int8), rng.integers(-128, 128, (2, 6, 7)).astype(np.int8)
+    bo = np.full((2, 5, 6), -1, np.int32)
+    assert np.array_equal(bgemm_s8s8(qa, qb, out=bo), bgemm_s8s8(qa, qb)) and np.array_equal(bo, bgemm_s8s8(qa, qb))
+    ua = rng.integers(0, 256, (2, 5, 7)).astype(np.uint8)
+    assert np.array_equal(bgemm_u8s8(ua, 9, qb, out=bo), bgemm_u8s8(ua, 9, qb))
+    with pytest.raises(InputError, match="out must be"):
+        bgemm_s8s8(qa, qb, out=np.zeros((2, 5, 5), np.int32))
+    acc = gemm_s8s8(a, pw)
+    fo = np.empty((9, 13), np.float32)
+    ws = np.full(13, 0.01, np.float32)
+    assert np.array_equal(fused.epilogue(acc, 0.5, ws, None, "gelu", out=fo), fused.epilogue(acc, 0.5, ws, None, "gelu"))

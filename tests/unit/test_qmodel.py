@@ -284,3 +284,19 @@ def test_int8_embeddings_cost_little_on_minilm(minilm_dir, recipe):
     y = quantize_model(m, recipe, calibration=REAL_TEXTS).forward(b).last_hidden_state
     y8 = quantize_model(m, recipe + ":emb=int8", calibration=REAL_TEXTS).forward(b).last_hidden_state
     assert nmse(y8, ref, b.attention_mask) <= 1.1 * nmse(y, ref, b.attention_mask)
+
+
+@pytest.mark.parametrize("recipe", ["dynamic", "w8a8"])
+def test_reused_buffers_never_leak_into_results(tiny, recipe):
+    """Encoder GEMM outputs and accumulators live in buffers reused across layers and forwards: a
+    returned result must not change when the model runs again (on other inputs), and a rerun must
+    reproduce it bit for bit."""
+    qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
+    b1, b2 = tiny.tokenizer.encode(TINY_TEXTS[:3]), tiny.tokenizer.encode(TINY_TEXTS[3:])
+    o1 = qm.forward(b1)
+    h1, l1 = o1.last_hidden_state.copy(), None if o1.logits is None else o1.logits.copy()
+    qm.forward(b2)
+    assert np.array_equal(o1.last_hidden_state, h1)
+    if l1 is not None:
+        assert np.array_equal(o1.logits, l1)
+    assert np.array_equal(qm.forward(b1).last_hidden_state, h1)
