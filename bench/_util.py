@@ -208,18 +208,38 @@ def _json_default(o):
 # ------------------------------------------------------------------ additions for bench_e2e.py
 
 
-def time_adaptive(fn, min_repeats: int = 5, min_time_s: float = 3.0, warmup: int = 1, max_repeats: int = 2000) -> dict:
+def time_adaptive(fn, min_repeats: int = 5, min_time_s: float = 3.0, warmup: int = 1, max_repeats: int = 2000,
+                  other_cpu_tol_s: float = 0.02, other_cpu_tol_frac: float = 0.02, max_retakes: int = 20,
+                  retake_pause_s: float = 0.5) -> dict:
     """Median wall time of single calls of fn(): `warmup` untimed calls, then timed calls until at least
-    min_repeats samples AND min_time_s seconds of samples (capped at max_repeats). For end-to-end calls
-    that last milliseconds to seconds, where time_call's inner loop is not needed."""
+    min_repeats clean samples AND min_time_s seconds of clean samples (capped at max_repeats). For
+    end-to-end calls that last milliseconds to seconds, where time_call's inner loop is not needed.
+
+    Contamination check as in time_round_robin: a sample during which OTHER processes used more than
+    other_cpu_tol_s + other_cpu_tol_frac * sample seconds of CPU (machine busy time from /proc/stat minus
+    this process' CPU time) is dropped and retaken after a pause, at most max_retakes times in all; after
+    that, contaminated samples are kept and counted."""
     for _ in range(warmup):
         fn()
     samples: list[float] = []
     total = 0.0
+    retaken = kept_dirty = 0
+    others_total = 0.0
     while len(samples) < max_repeats and (len(samples) < min_repeats or total < min_time_s):
+        b0, c0 = _cpu_clock()
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
+        b1, c1 = _cpu_clock()
+        others = (b1 - b0) - (c1 - c0)
+        if others > other_cpu_tol_s + other_cpu_tol_frac * dt:  # nan (no /proc/stat) compares False: kept
+            if retaken < max_retakes:
+                retaken += 1
+                time.sleep(retake_pause_s)
+                continue
+            kept_dirty += 1
+        if others == others:
+            others_total += max(others, 0.0)
         samples.append(dt)
         total += dt
     s = sorted(samples)
@@ -232,6 +252,10 @@ def time_adaptive(fn, min_repeats: int = 5, min_time_s: float = 3.0, warmup: int
         "p75_s": s[(3 * n) // 4 if n > 1 else 0],
         "repeats": n,
         "warmup": warmup,
+        "retaken_samples": retaken,
+        "contaminated_samples_kept": kept_dirty,
+        "other_processes_cpu_s": others_total,
+        "other_processes_cpu_per_s": others_total / total if total > 0 else None,  # 1.0 = one other busy CPU
     }
 
 

@@ -14,13 +14,14 @@ by transformers into the cache folder and read by every engine from the same fil
 
 What is timed: the encoder forward on a pre-tokenized batch of B sequences of exactly T=128 real tokens
 (no padding), input ids -> last hidden state. Tokenization, model loading, quantization and calibration are
-not timed. Each thread count runs in a fresh subprocess whose OMP/MKL/OpenBLAS/numba thread variables,
-torch.set_num_threads and ORT intra_op_num_threads all equal that count. Per engine and batch: one checked
+not timed. Every (thread count, model, engine) runs in a fresh subprocess whose OMP/MKL/OpenBLAS/numba
+thread variables, numba.set_num_threads, torch.set_num_threads and ORT intra_op_num_threads all equal that
+count; engines of different libraries never share a process (numba's OpenMP pool slows torch ~25x). Per engine and batch: one checked
 call, `--warmup` untimed calls, then timed calls until >= --min-repeats samples and >= --min-time seconds;
 the median is reported. Static recipes are calibrated once per process on --calib-size STS-B sentences.
 
 Correctness before timing: npbert FP32's last hidden state must lie within 1e-3 (max |diff|) of torch
-FP32's on the bench batch or it is not timed; int8 engines print the cosine of their pooled output against
+FP32's on the bench batch (computed once per model in its own process) or it is not timed; int8 engines print the cosine of their pooled output against
 torch FP32's (no threshold: that is the accuracy benchmarks' job).
 
 Also (sections): memory (model bytes; peak RSS of a fresh process that loads and runs one batch), jit
@@ -352,103 +353,113 @@ def export_onnx(model_dir: Path, out: Path) -> dict:
     return res
 
 
-def worker_throughput(spec: dict) -> dict:
-    import gc
+def _set_engine_threads(name: str, n: int) -> dict:
+    """Every library this process will use gets n threads. numba is only touched by npbert engines: with
+    its default OpenMP layer, numba shares the system libgomp with torch, and a launched numba pool makes
+    torch's 2-thread forward ~25x slower (measured: MiniLM b1 27 ms -> 760 ms), so engines of different
+    libraries never share a process."""
+    info = {"requested": n, "env": {k: os.environ.get(k) for k in
+                                    ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    if name.startswith("npbert-"):
+        from npbert._jit import set_num_threads
 
-    import numpy as np
-
-    from npbert._jit import set_num_threads
-    from npbert.model import Pooling
-
-    n = spec["threads"]
-    got_numba = set_num_threads(n)
-    thread_info = {"requested": n, "numba": got_numba, "env": {k: os.environ.get(k) for k in
-                   ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-    engines = spec["engines"]
-    have_torch = True
-    try:
+        info["numba"] = set_num_threads(n)
+    if name.startswith("torch-"):
         import torch
 
         torch.set_num_threads(n)
         torch.set_num_interop_threads(1)
-        thread_info["torch"] = torch.get_num_threads()
+        info["torch"] = torch.get_num_threads()
         quiet_transformers()
+    if name.startswith("ort-"):
+        info["ort_intra_op"] = n
+    return info
+
+
+def worker_reference(spec: dict) -> dict:
+    """Torch FP32 last hidden states of the bench batches (npbert FP32's if torch is absent), saved as .npz."""
+    import numpy as np
+
+    name = "torch-fp32"
+    try:
+        import torch  # noqa: F401
     except ImportError:
-        have_torch = False
+        name = "npbert-fp32"
+    n = spec["threads"]
+    _set_engine_threads(name, n)
+    m = spec["prepared"]["models"][spec["model"]]
+    ids, mask, types = bench_ids(Path(m["dir"]), max(spec["batches"]), SEQ, Path(spec["data"]))
+    eng = make_engine(name, m, [], n)
+    out = {"ids": ids}
+    for B in spec["batches"]:
+        out[f"hidden_b{B}"] = np.asarray(eng.bind(ids[:B], mask[:B], types[:B])(), np.float32)
+    np.savez(spec["ref_path"], **out)
+    return {"reference": name}
+
+
+def worker_throughput(spec: dict) -> dict:
+    """One engine, one model, every batch size: check against the saved reference, then time."""
+    import numpy as np
+
+    from npbert.model import Pooling
+
+    n, name, key = spec["threads"], spec["engine"], spec["model"]
+    thread_info = _set_engine_threads(name, n)
     data = Path(spec["data"])
     calib = sentences(data, spec["calib_size"], seed=0)
+    m = spec["prepared"]["models"][key]
+    ids_all, mask_all, types_all = bench_ids(Path(m["dir"]), max(spec["batches"]), SEQ, data)
+    ref = np.load(spec["ref_path"])
+    if not np.array_equal(ref["ids"], ids_all):
+        raise RuntimeError("the reference was computed on other token ids")
+    pooling = Pooling.from_dir(Path(m["dir"]))
     rows, checks = [], []
-    for key in spec["models"]:
-        m = spec["prepared"]["models"][key]
-        ids_all, mask_all, types_all = bench_ids(Path(m["dir"]), max(spec["batches"]), SEQ, data)
-        pooling = Pooling.from_dir(Path(m["dir"]))
-        ref_name = "torch-fp32" if have_torch else "npbert-fp32"
-        order = [ref_name] + [e for e in engines if e != ref_name]
-        ref: dict[int, tuple] = {}
-        for name in order:
-            timed = name in engines
-            print(f"[t={n}] {m['name']}: {name}{'' if timed else ' (reference only)'}", flush=True)
-            try:
-                eng = make_engine(name, m, calib, n)
-            except Exception as e:  # noqa: BLE001 - a peer that cannot load is reported, the run goes on
-                print(f"   cannot build {name}: {type(e).__name__}: {e}", flush=True)
-                for B in spec["batches"]:
-                    rows.append({"model": key, "engine": name, "batch": B, "threads": n, "error": f"{type(e).__name__}: {e}"})
-                continue
-            for B in spec["batches"]:
-                ids, mask, types = ids_all[:B], mask_all[:B], types_all[:B]
-                fn = eng.bind(ids, mask, types)
-                t0 = time.perf_counter()
-                y = np.asarray(fn(), np.float32)
-                first_s = time.perf_counter() - t0
-                pooled = pooling(y, mask)
-                chk: dict = {"model": key, "engine": name, "batch": B, "threads": n, "reference": ref_name}
-                if name == ref_name:
-                    ref[B] = (y, pooled)
-                    chk["max_abs_diff"] = 0.0
-                elif B not in ref:
-                    chk["reference"] = None  # the reference engine failed to build: nothing to compare with
-                else:
-                    ry, rp = ref[B]
-                    cos = cosine_rows(pooled, rp)
-                    chk["pooled_cosine_min"] = float(cos.min())
-                    chk["pooled_cosine_mean"] = float(cos.mean())
-                    if name.endswith("fp32"):
-                        chk["max_abs_diff"] = float(np.abs(y - ry).max())
-                if name == "npbert-fp32":
-                    chk["tolerance"] = TOL_FP32
-                    chk["ok"] = bool(chk["max_abs_diff"] <= TOL_FP32)
-                checks.append(chk)
-                desc = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chk.items()
-                                 if k in ("max_abs_diff", "pooled_cosine_min", "ok"))
-                print(f"   B={B}: check {desc or 'reference'}", flush=True)
-                if not timed:
-                    continue
-                row = {"model": key, "engine": name, "batch": B, "threads": n, "seq_len": SEQ, "first_call_s": first_s,
-                       **{k: v for k, v in eng.info.items() if k != "onnx"}}
-                if chk.get("ok") is False:
-                    row["error"] = f"correctness check failed: max |diff| {chk['max_abs_diff']:.3g} > {TOL_FP32}"
-                    print(f"   B={B}: NOT TIMED ({row['error']})", flush=True)
-                    rows.append(row)
-                    continue
-                t = _util.time_adaptive(fn, spec["min_repeats"], spec["min_time"], spec["warmup"])
-                row.update(t)
-                row["seq_per_s"] = B / t["median_s"]
-                row["tok_per_s"] = B * SEQ / t["median_s"]
-                rows.append(row)
-                print(f"   B={B}: {t['median_s'] * 1e3:9.2f} ms  {row['seq_per_s']:8.2f} seq/s  "
-                      f"({t['repeats']} repeats, p25-p75 {t['p25_s'] * 1e3:.2f}-{t['p75_s'] * 1e3:.2f} ms)", flush=True)
-            del eng, fn
-            gc.collect()
-            time.sleep(spec["pause"])  # let the last library's worker threads stop spinning
-        del ref
-        gc.collect()
+    print(f"[t={n}] {m['name']}: {name}", flush=True)
     try:
+        eng = make_engine(name, m, calib, n)
+    except Exception as e:  # noqa: BLE001 - a peer that cannot load is reported, the run goes on
+        print(f"   cannot build {name}: {type(e).__name__}: {e}", flush=True)
+        rows = [{"model": key, "engine": name, "batch": B, "threads": n, "error": f"{type(e).__name__}: {e}"}
+                for B in spec["batches"]]
+        return {"rows": rows, "checks": [], "threads": thread_info}
+    for B in spec["batches"]:
+        ids, mask, types = ids_all[:B], mask_all[:B], types_all[:B]
+        fn = eng.bind(ids, mask, types)
+        t0 = time.perf_counter()
+        y = np.asarray(fn(), np.float32)
+        first_s = time.perf_counter() - t0
+        ry = ref[f"hidden_b{B}"]
+        cos = cosine_rows(pooling(y, mask), pooling(ry, mask))
+        chk: dict = {"model": key, "engine": name, "batch": B, "threads": n, "reference": spec["reference"],
+                     "pooled_cosine_min": float(cos.min()), "pooled_cosine_mean": float(cos.mean())}
+        if name.endswith("fp32"):
+            chk["max_abs_diff"] = float(np.abs(y - ry).max())
+        if name == "npbert-fp32":
+            chk["tolerance"] = TOL_FP32
+            chk["ok"] = bool(chk["max_abs_diff"] <= TOL_FP32)
+        checks.append(chk)
+        desc = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chk.items()
+                         if k in ("max_abs_diff", "pooled_cosine_min", "ok"))
+        print(f"   B={B}: check vs {spec['reference']}: {desc}", flush=True)
+        row = {"model": key, "engine": name, "batch": B, "threads": n, "seq_len": SEQ, "first_call_s": first_s,
+               **{k: v for k, v in eng.info.items() if k != "onnx"}}
+        if chk.get("ok") is False:
+            row["error"] = f"correctness check failed: max |diff| {chk['max_abs_diff']:.3g} > {TOL_FP32}"
+            print(f"   B={B}: NOT TIMED ({row['error']})", flush=True)
+            rows.append(row)
+            continue
+        t = _util.time_adaptive(fn, spec["min_repeats"], spec["min_time"], spec["warmup"])
+        row.update(t)
+        row["seq_per_s"] = B / t["median_s"]
+        row["tok_per_s"] = B * SEQ / t["median_s"]
+        rows.append(row)
+        print(f"   B={B}: {t['median_s'] * 1e3:9.2f} ms  {row['seq_per_s']:8.2f} seq/s  "
+              f"({t['repeats']} repeats, p25-p75 {t['p25_s'] * 1e3:.2f}-{t['p75_s'] * 1e3:.2f} ms, retaken "
+              f"{t['retaken_samples']}, other processes {t['other_processes_cpu_per_s'] or 0:.2f} CPU)", flush=True)
+    if name.startswith("npbert-"):
         import numba
 
         thread_info["numba_threading_layer"] = numba.threading_layer()
-    except Exception:  # noqa: BLE001 - no parallel region ran
-        pass
     return {"rows": rows, "checks": checks, "threads": thread_info}
 
 
@@ -492,18 +503,20 @@ def worker_memory(spec: dict) -> dict:
         del model
         model = qm
         qw = qm.qweights
-        quantized = {n + ".weight" for n in qw}
-        float_rest = sum(a.nbytes for k, a in qm.params.items() if k not in quantized)
-        int8_w = sum(w.q.nbytes + w.scale.nbytes for w in qw.values())
-        res["int8_weight_bytes"] = int8_w
-        res["float_param_bytes_rest"] = float_rest
-        res["int8_model_bytes"] = int8_w + float_rest  # what an int8 model needs: int8 W + scales + float rest
-        res["packed_panel_bytes"] = sum(w.packed.panels.nbytes + w.packed.row_sums.nbytes for w in qw.values())
-        res["fp32_linear_weight_bytes_kept"] = sum(qm.params[k].nbytes for k in quantized)
-        arrays = list(qm.params.values())
+        # A quantized model holds: the int8 panels (the only copy of each linear weight) with their row
+        # sums and scales, the int8 word table + row scales with emb=int8, and the float rest (biases,
+        # LayerNorms, position / type tables, and the word table without emb=int8).
+        res["int8_weight_bytes"] = sum(w.packed.panels.nbytes + w.packed.row_sums.nbytes + w.scale.nbytes
+                                       for w in qw.values())
+        res["int8_embedding_bytes"] = sum(a.nbytes for a in qm.word_emb) if qm.word_emb is not None else 0
+        res["float_param_bytes_rest"] = sum(a.nbytes for a in qm.params.values())
+        res["int8_model_bytes"] = res["int8_weight_bytes"] + res["int8_embedding_bytes"] + res["float_param_bytes_rest"]
+        res["fp32_linear_weight_bytes_kept"] = sum(a.nbytes for k, a in qm.params.items()
+                                                   if k.endswith(".weight") and k[:-7] in qw)
+        arrays = list(qm.params.values()) + (list(qm.word_emb) if qm.word_emb is not None else [])
         for w in qw.values():
-            arrays += [w.q, w.scale, w.bias, w.packed.panels, w.packed.row_sums]
-        res["npbert_resident_bytes"] = _unique_nbytes(arrays)  # as implemented today
+            arrays += [w.scale, w.bias, w.packed.panels, w.packed.row_sums]
+        res["npbert_resident_bytes"] = _unique_nbytes(arrays)
     else:
         res["npbert_resident_bytes"] = _unique_nbytes(model.params.values())
     ids = np.full((spec["batch"], SEQ), 1000, np.int64)
@@ -595,6 +608,14 @@ PHASES = {
     "residual add (float)": "residual add",
     "site()": "Python / glue",
     "embeddings": "embeddings",
+    "fused.epilogue (int -> float, scales, bias, GELU)": "dequantize epilogue (int -> float, scales, bias, GELU)",
+    "fused.activation (GELU)": "GELU",
+    "fused.softmax_quantize (scores -> probs codes)": "softmax",
+    "fused.softmax_rows": "softmax",
+    "fused.layer_norm": "LayerNorm",
+    "fused.add_layer_norm (residual add + LayerNorm)": "residual add + LayerNorm",
+    "Executor.add_layer_norm glue": "Python / glue",
+    "Executor.attention (float QK^T, PV via BLAS + glue)": "attention (float BLAS + glue)",
 }
 
 
@@ -603,10 +624,19 @@ def _instrument(timer: PhaseTimer):
     from npbert import model as nm
     from npbert import ops
     from npbert import qmodel as qmod
+    from npbert.kernels import fused
     from npbert.kernels import gemm as kg
     from npbert.kernels import quantize as kq
 
     w = timer.wrap
+    fused.epilogue = w("fused.epilogue (int -> float, scales, bias, GELU)", fused.epilogue)
+    fused.activation = w("fused.activation (GELU)", fused.activation)
+    fused.softmax_quantize = w("fused.softmax_quantize (scores -> probs codes)", fused.softmax_quantize)
+    fused.softmax_rows = w("fused.softmax_rows", fused.softmax_rows)
+    fused.layer_norm = w("fused.layer_norm", fused.layer_norm)
+    fused.add_layer_norm = w("fused.add_layer_norm (residual add + LayerNorm)", fused.add_layer_norm)
+    nm.Executor.add_layer_norm = w("Executor.add_layer_norm glue", nm.Executor.add_layer_norm)
+    nm.Executor.attention = w("Executor.attention (float QK^T, PV via BLAS + glue)", nm.Executor.attention)
     for f in ("gemm_s8s8", "gemm_s16s8", "gemm_u8s8", "gemm_grouped"):
         setattr(kg, f, w("gemm_s8s8/s16s8/u8s8/grouped (linear layers)", getattr(kg, f)))
     for f in ("bgemm_s8s8", "bgemm_u8s8"):
@@ -696,7 +726,7 @@ def worker_profile(spec: dict) -> dict:
     return out
 
 
-WORKERS = {"prepare": worker_prepare, "throughput": worker_throughput, "memory": worker_memory, "jit": worker_jit,
+WORKERS = {"prepare": worker_prepare, "reference": worker_reference, "throughput": worker_throughput, "memory": worker_memory, "jit": worker_jit,
            "profile": worker_profile}
 
 
@@ -782,7 +812,7 @@ def main() -> int:
     ap.add_argument("--min-repeats", type=int, default=5, help="timed calls at least (default 5)")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls at least (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the checked one (default 1)")
-    ap.add_argument("--pause", type=float, default=0.5, help="seconds of idle between engines (thread pools wind down)")
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds of idle between engine processes")
     ap.add_argument("--calib-size", type=int, default=32, help="STS-B sentences that calibrate static recipes")
     ap.add_argument("--data", default=str(STSB), help="TSV with sentence1/sentence2 columns (STS-B train)")
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="random BERT-base + ONNX exports (outside git)")
@@ -831,20 +861,36 @@ def main() -> int:
 
     if "throughput" in sections:
         rows, checks, tinfo = [], [], {}
-        for t in threads:
-            res, wall, rc = run_worker("throughput", t, {**spec, "threads": t})
-            if res is None:
-                print(f"throughput worker (threads={t}) failed with rc={rc}", file=sys.stderr)
-                failed = True
-                continue
-            rows += res["rows"]
-            checks += res["checks"]
-            tinfo[str(t)] = {**res["threads"], "wall_s": wall}
+        with tempfile.TemporaryDirectory(prefix="npbert-e2e-ref-") as refdir:
+            refs = {}
+            for key in models:  # one reference per model, shared by every thread count
+                rp = str(Path(refdir) / f"{key}.npz")
+                res, _, rc = run_worker("reference", max(threads), {**spec, "model": key, "threads": max(threads),
+                                                                    "ref_path": rp})
+                if res is None:
+                    print(f"reference for {key} failed with rc={rc}", file=sys.stderr)
+                    return 1
+                refs[key] = (rp, res["reference"])
+            for t in threads:
+                for key in models:
+                    for e in engines:  # a fresh process per engine: no thread pools shared between libraries
+                        time.sleep(args.pause)
+                        res, wall, rc = run_worker("throughput", t, {**spec, "threads": t, "model": key, "engine": e,
+                                                                     "ref_path": refs[key][0], "reference": refs[key][1]})
+                        if res is None:
+                            print(f"{e} on {key} (threads={t}) failed with rc={rc}", file=sys.stderr)
+                            rows += [{"model": key, "engine": e, "batch": B, "threads": t, "error": f"worker rc {rc}"}
+                                     for B in batches]
+                            failed = True
+                            continue
+                        rows += res["rows"]
+                        checks += res["checks"]
+                        tinfo[f"{key}/{e}/t{t}"] = {**res["threads"], "process_wall_s": wall}
         add_ratios(rows)
         payload.update({"throughput": rows, "checks": checks, "thread_info": tinfo})
         failed |= any(c.get("ok") is False for c in checks)
 
-    mem_variants = [v for v in ("fp32", "dynamic") if f"npbert-{v}" in engines]
+    mem_variants = [v for v in ("fp32", "dynamic", "dynamic:emb=int8") if f"npbert-{v.split(':')[0]}" in engines]
     if "memory" in sections and mem_variants:
         mem = []
         for key in models:
@@ -924,6 +970,8 @@ NOTES = [
     "ONNX: TorchScript exporter (dynamo=False), eager attention, opset 17; int8 = onnxruntime.quantization."
     "quantize_dynamic(weight_type=QInt8), no pre-processing; ORT_ENABLE_ALL, sequential, inter_op 1.",
     "torch-int8 = torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8), quantized engine as recorded.",
+    "Each (threads, model, engine) runs in its own process; the check reference (torch FP32) is computed once per "
+    "model in another process, so torch-fp32's own 'max abs diff' shows its run-to-run / thread-count differences.",
     "Ratios are throughput ratios (higher = faster than the reference) at the same model/batch/threads.",
     "bert-base has random (transformers-init, seed 0) weights: its int8 cosines say little about real accuracy.",
 ]
@@ -1056,14 +1104,16 @@ def render_md(payload: dict, doc: dict) -> str:
             r = [f"{_fmt(table[e].get(c, {}).get('x_torch_fp32'), '.2f')} / {_fmt(table[e].get(c, {}).get('x_ort_int8'), '.2f')}"
                  for c in cols]
             L.append(f"| {e} | " + " | ".join(a) + " | " + " | ".join(r) + f" | {_check_text(payload, key, e)} |")
-        L += ["", "| engine | batch | threads | ms / batch (median) | p25-p75 ms | repeats | seq/s | tok/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        L += ["", "| engine | batch | threads | ms / batch (median) | p25-p75 ms | repeats (retaken) | seq/s | tok/s | "
+              "other processes' CPU while timing |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in ENGINES:
             for c in cols:
                 r = table.get(e, {}).get(c)
                 if not r or "median_s" not in r:
                     continue
                 L.append(f"| {e} | {c[0]} | {c[1]} | {r['median_s'] * 1e3:.2f} | {r['p25_s'] * 1e3:.2f}-{r['p75_s'] * 1e3:.2f} | "
-                         f"{r['repeats']} | {r['seq_per_s']:.2f} | {r['tok_per_s']:.0f} |")
+                         f"{r['repeats']} ({r.get('retaken_samples', 0)}) | {r['seq_per_s']:.2f} | {r['tok_per_s']:.0f} | "
+                         f"{_fmt(r.get('other_processes_cpu_per_s'), '.2f')} |")
     if payload.get("memory"):
         L += ["", "## Memory", "", "Model bytes are sums of array nbytes; peak RSS is ru_maxrss of a fresh process that "
               "imports npbert, loads (and quantizes) the model and runs one batch.", "",
