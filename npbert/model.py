@@ -155,6 +155,10 @@ class Executor:
     tensor types, so the forward only reads values back through `f()` (to float) where it needs math.
     """
 
+    # Fused float kernels (npbert.kernels.fused) in parallel? Not next to BLAS GEMMs: OpenBLAS's and
+    # numba's spinning worker pools then fight over the cores (fused.py, PARALLEL_NOTE).
+    PARALLEL_FLOAT_KERNELS = False
+
     def __init__(self, params: dict[str, np.ndarray], cfg: BertConfig):
         self.params = params
         self.cfg = cfg
@@ -180,28 +184,29 @@ class Executor:
         """[..., K] -> [..., N] with params[name.weight / name.bias], then the activation `act` (a
         config hidden_act name, or None) fused in; `in_site` names the input tensor."""
         y = ops.linear(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"])
-        return y if act is None else fused.activation(act, y)
+        return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS)
 
     def attention(self, prefix: str, q, k, v, bias: np.ndarray):
         """q, k, v [B, T, C] (values) -> context [B, T, C] as float32."""
         h = self.cfg.num_attention_heads
         qh, kh, vh = (ops.split_heads(self.f(t), h) for t in (q, k, v))  # [B, h, T, d]
         scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1])) + bias  # [B, h, T, T]
-        return ops.merge_heads(fused.softmax_rows(scores) @ vh)
+        return ops.merge_heads(fused.softmax_rows(scores, self.PARALLEL_FLOAT_KERNELS) @ vh)
 
     def add(self, name: str, a, b):
         """A residual sum, itself a site."""
         return self.site(name, self.f(a) + self.f(b))
 
     def layer_norm(self, name: str, x):
-        y = fused.layer_norm(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"], self.cfg.layer_norm_eps)
+        y = fused.layer_norm(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"], self.cfg.layer_norm_eps,
+                             self.PARALLEL_FLOAT_KERNELS)
         return self.site(name + ".out", y)
 
     def add_layer_norm(self, add_name: str, ln_name: str, a, b):
         """layer_norm(add(a, b)), the residual sum and its LayerNorm in one pass. Both sites still see
         their values; if the sum's site changes it (a quantizer), the LayerNorm reads the changed sum."""
         s, y = fused.add_layer_norm(self.f(a), self.f(b), self.params[ln_name + ".weight"], self.params[ln_name + ".bias"],
-                                    self.cfg.layer_norm_eps)
+                                    self.cfg.layer_norm_eps, self.PARALLEL_FLOAT_KERNELS)
         s_site = self.site(add_name, s)
         if s_site is not s:
             return self.layer_norm(ln_name, s_site)

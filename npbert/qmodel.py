@@ -330,11 +330,13 @@ class QuantExecutor(Executor):
     # consumed within its layer: quantized, or added into the residual stream). Executors that keep
     # site values (taps) turn this off, or later layers would overwrite what they kept.
     REUSE_OUTPUTS = True
+    PARALLEL_FLOAT_KERNELS = True  # no BLAS in the integer forward (the simulation turns it off)
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
         self.qm = qm
         self.sim = simulate
+        self.PARALLEL_FLOAT_KERNELS = not simulate  # the simulation's GEMMs are BLAS
         self._dyn_cache: dict[str, tuple] = {}
 
     def begin(self, attention_mask):
@@ -430,7 +432,7 @@ class QuantExecutor(Executor):
             # PEG with one group is bit-identical to per tensor.
             return fused.epilogue(acc, qp.scale, w.scale, w.bias, act, out)
         y = y + w.bias if w.bias is not None else y
-        return y if act is None else fused.activation(act, y)
+        return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS)
 
     def linear(self, name, x, in_site, act=None):
         w = self.qm.qweights.get(name)
@@ -451,7 +453,7 @@ class QuantExecutor(Executor):
                 if w.deq64 is None:
                     w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
                 y = ops.linear(np.asarray(x, np.float32), w.deq64.astype(np.float32), w.bias)
-                return y if act is None else fused.activation(act, y)
+                return y if act is None else fused.activation(act, y, parallel=False)  # after a BLAS GEMM
         return y.reshape(*lead, -1)
 
     # ---- attention
@@ -494,7 +496,8 @@ class QuantExecutor(Executor):
         else:
             scores = acc.astype(np.float32) * seq_scale[:, None, None, None]
             scores = self.f(self.site(prefix + ".scores", scores)) + bias
-            p = self._emit(prefix + ".probs", self._quantize_static(fused.softmax_rows(scores), probs_qp))
+            p = self._emit(prefix + ".probs", self._quantize_static(fused.softmax_rows(scores, self.PARALLEL_FLOAT_KERNELS),
+                                                                    probs_qp))
         # context = P V: [B*h, T, T] x [B*h, d, T] -> int32 [B*h, T, d]
         if self.sim:
             ctx = np.matmul(dequantize(p.q, probs_qp).astype(np.float64), v8.astype(np.float64))
@@ -515,7 +518,7 @@ class QuantExecutor(Executor):
         qh, kh, vh = (ops.split_heads(np.asarray(self.f(t), np.float32), hh) for t in (q, k, v))
         scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1]))
         scores = self.f(self.site(prefix + ".scores", scores)) + bias
-        p = self.f(self.site(prefix + ".probs", fused.softmax_rows(scores)))
+        p = self.f(self.site(prefix + ".probs", fused.softmax_rows(scores, parallel=False)))  # between BLAS GEMMs
         return ops.merge_heads(p @ vh)
 
     # ---- residual sums
@@ -614,7 +617,7 @@ class _Calibrator(Executor):
         qh, kh, vh = (ops.split_heads(t, hh) for t in (q, k, v))
         scores = qh @ kh.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(qh.shape[-1]))
         self.site(prefix + ".scores", scores)
-        p = fused.softmax_rows(scores + bias)
+        p = fused.softmax_rows(scores + bias, self.PARALLEL_FLOAT_KERNELS)
         self.site(prefix + ".probs", p)
         return ops.merge_heads(p @ vh)
 

@@ -19,6 +19,12 @@ tolerances (tests/unit/test_fused.py, tests/properties/test_fused_props.py):
   in float32 exactly as the NumPy expression it replaces (fastmath off: no FMA contraction), so the
   static per-tensor GEMM stays bit-identical to PEG with one group.
 
+parallel=False (PARALLEL_NOTE): the FP32 forward runs its GEMMs in OpenBLAS, whose worker threads
+spin after each call, while numba's OpenMP workers spin after each parallel kernel; interleaving the
+two on 2 cores measured 4.8 seq/s instead of 29 (MiniLM, batch 1, 2 threads: each pool's threads
+wait on cores the other pool's spinners hold). The FP32 executor therefore runs these kernels on
+one thread; the integer forward (no BLAS) runs them in parallel.
+
 Shapes: M rows (tokens), N outputs, B batch, h heads, T tokens, C hidden.
 """
 
@@ -138,11 +144,20 @@ def _activation_rows(y, act):
             _act_row(y[m], act, tmp, eb)
 
 
-def activation(name: str, x: np.ndarray) -> np.ndarray:
-    """ops.ACTIVATIONS[name](x) as one fused pass: float32 [..., K] -> new float32 [..., K]."""
+@njit
+def _activation_rows_serial(y, act):
+    tmp = np.empty(y.shape[1], np.float32)
+    eb = np.empty(y.shape[1], np.int32)
+    for m in range(y.shape[0]):
+        _act_row(y[m], act, tmp, eb)
+
+
+def activation(name: str, x: np.ndarray, parallel: bool = True) -> np.ndarray:
+    """ops.ACTIVATIONS[name](x) as one fused pass: float32 [..., K] -> new float32 [..., K].
+    parallel=False: one thread (see PARALLEL_NOTE)."""
     y = np.array(x, dtype=np.float32, order="C", copy=True)
     if y.size:
-        _activation_rows(y.reshape(-1, y.shape[-1]), ACT_CODES[name])
+        (_activation_rows if parallel else _activation_rows_serial)(y.reshape(-1, y.shape[-1]), ACT_CODES[name])
     return y
 
 
@@ -255,11 +270,18 @@ def _softmax_rows(out):
             _softmax_inplace(out[m], eb)
 
 
-def softmax_rows(x: np.ndarray) -> np.ndarray:
+@njit
+def _softmax_rows_serial(out):
+    eb = np.empty(out.shape[1], np.int32)
+    for m in range(out.shape[0]):
+        _softmax_inplace(out[m], eb)
+
+
+def softmax_rows(x: np.ndarray, parallel: bool = True) -> np.ndarray:
     """softmax over the last axis, float32 [..., T] -> float32 [..., T] (ops.softmax, fused)."""
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     if out.size:
-        _softmax_rows(out.reshape(-1, out.shape[-1]))
+        (_softmax_rows if parallel else _softmax_rows_serial)(out.reshape(-1, out.shape[-1]))
     return out
 
 
@@ -370,18 +392,38 @@ def _layer_norm_rows(x, gamma, beta, eps, out):
             _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
 
 
-def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+@njit
+def _layer_norm_rows_serial(x, gamma, beta, eps, out):
+    tmp = np.empty(x.shape[1], np.float32)
+    for m in range(x.shape[0]):
+        _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
+
+
+@njit
+def _add_layer_norm_rows_serial(a, b, gamma, beta, eps, out_sum, out):
+    tmp = np.empty(a.shape[1], np.float32)
+    for m in range(a.shape[0]):
+        sr = out_sum[m]
+        ar = a[m]
+        br = b[m]
+        for k in range(a.shape[1]):
+            sr[k] = ar[k] + br[k]
+        _layer_norm_row(sr, gamma, beta, eps, out[m], tmp)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, parallel: bool = True) -> np.ndarray:
     """ops.layer_norm, fused: float32 [..., C] -> float32 [..., C]."""
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty_like(x)
     if x.size:
         C = x.shape[-1]
-        _layer_norm_rows(x.reshape(-1, C), np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32),
+        (_layer_norm_rows if parallel else _layer_norm_rows_serial)(x.reshape(-1, C), np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32),
                          float(eps), out.reshape(-1, C))
     return out
 
 
-def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                   parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(a + b, layer_norm(a + b)) in one pass: float32 [..., C] twice -> (sum, normalised)."""
     a = np.ascontiguousarray(a, np.float32)
     b = np.ascontiguousarray(b, np.float32)
@@ -389,6 +431,6 @@ def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.nda
     out = np.empty_like(a)
     if a.size:
         C = a.shape[-1]
-        _add_layer_norm_rows(a.reshape(-1, C), b.reshape(-1, C), np.ascontiguousarray(gamma, np.float32),
+        (_add_layer_norm_rows if parallel else _add_layer_norm_rows_serial)(a.reshape(-1, C), b.reshape(-1, C), np.ascontiguousarray(gamma, np.float32),
                              np.ascontiguousarray(beta, np.float32), float(eps), s.reshape(-1, C), out.reshape(-1, C))
     return s, out

@@ -148,3 +148,17 @@ def test_softmax_quantize_equals_unfused_chain(zp, qmin, qmax, dt, rel):
     # the probabilities agree to ~1e-7, so a code can differ only where p / scale sits on a .5 boundary
     assert diff.max() <= 1 and np.mean(diff) < 1e-3
     assert np.all(got[1, :, :, 15:] == zp)  # masked keys: probability 0 exactly -> the zero point
+
+
+def test_serial_and_parallel_kernels_agree_bitwise():
+    """parallel=False (used next to BLAS GEMMs) runs the same row functions on one thread."""
+    rng = _rng(9)
+    x = (rng.standard_normal((70, 45)) * 4).astype(np.float32)
+    y = rng.standard_normal((70, 45)).astype(np.float32)
+    g, b = rng.standard_normal(45).astype(np.float32), rng.standard_normal(45).astype(np.float32)
+    for act in ("gelu", "gelu_new", "relu"):
+        np.testing.assert_array_equal(F.activation(act, x, parallel=False), F.activation(act, x))
+    np.testing.assert_array_equal(F.softmax_rows(x, parallel=False), F.softmax_rows(x))
+    np.testing.assert_array_equal(F.layer_norm(x, g, b, 1e-5, parallel=False), F.layer_norm(x, g, b, 1e-5))
+    for u, v in zip(F.add_layer_norm(x, y, g, b, 1e-5, parallel=False), F.add_layer_norm(x, y, g, b, 1e-5)):
+        np.testing.assert_array_equal(u, v)
