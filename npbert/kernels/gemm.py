@@ -106,6 +106,18 @@ class PackedInt8Weight:
             self._groups[key] = packs
         return packs
 
+    def group_layout(self, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The group packs' panels in one flat int8 array: (panels, offsets int64 [G], k-pairs int64 [G]);
+        group g's panel j starts at offsets[g] + j * kps[g] * 32. Cached per bounds."""
+        key = b"layout" + bounds.tobytes()
+        lay = self._groups.get(key)
+        if lay is None:
+            packs = self.group_packs(bounds)
+            kps = np.array([p.kp for p in packs], np.int64)
+            offs = np.concatenate([[0], np.cumsum([p.panels.size for p in packs])[:-1]]).astype(np.int64)
+            lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kps)
+        return lay
+
     def __repr__(self) -> str:
         return f"PackedInt8Weight(n={self.n}, k={self.k})"
 
@@ -227,6 +239,57 @@ def _bgemm_core(a, zp, b, out):
         oi_flat = oi.reshape(M * N)
         for j in range(NP):
             _panel_rows(a16, lda, M, wp, kp, j, N, kp, oi, oi_flat, tile)
+
+
+@jit(parallel=True)
+def _widen_grouped(a, bounds, zps, aoff, mpad, lda, out):
+    """Group g's columns of a (minus zp_g) -> out[i*lda + aoff[g] : ... + 2*kp_g], each group padded to
+    whole k-pairs with zeros (a pair never straddles two groups).   # a [M, K] -> out int16 [mpad*lda]"""
+    M = a.shape[0]
+    G = bounds.shape[0] - 1
+    for i in prange(mpad):
+        for g in range(G):
+            c0, c1 = bounds[g], bounds[g + 1]
+            w = c1 - c0
+            o = i * lda + aoff[g]
+            width = (aoff[g + 1] if g + 1 < G else lda) - aoff[g]
+            dst = out[o : o + width]
+            if i < M:
+                src = a[i, c0:c1]
+                z = zps[g]
+                for k in range(w):
+                    dst[k] = src[k] - z
+                for k in range(w, width):
+                    dst[k] = 0
+            else:
+                for k in range(width):
+                    dst[k] = 0
+
+
+@jit(parallel=True)
+def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, out):
+    """out[m, n] = float32(sum_g scales[g] * acc_g[m, n]) (float64 sum, g ascending) with acc_g the exact
+    int32 GEMM of group g's k-pairs; per 4 x 16 tile, all groups, then one float32 store.
+    # a16 int16 [mpad*lda], wp int8 (group panels back to back), scales float64 [G] -> out float32 [m, n]"""
+    NP = (n + NR - 1) // NR
+    G = kps.shape[0]
+    for j in prange(NP):
+        tile = np.empty(MR * NR, dtype=np.int32)
+        yt = np.empty(MR * NR, dtype=np.float64)
+        n0 = j * NR
+        nn = min(NR, n - n0)
+        for i0 in range(0, m, MR):
+            mm = min(MR, m - i0)
+            for t in range(MR * NR):
+                yt[t] = 0.0
+            for g in range(G):
+                microkernel(a16, i0 * lda + aoff[g], lda, wp, woff[g] + j * kps[g] * 2 * NR, kps[g], tile, 0, NR)
+                s = scales[g]
+                for t in range(MR * NR):
+                    yt[t] += s * np.float64(tile[t])
+            for r in range(mm):
+                for c in range(nn):
+                    out[i0 + r, n0 + c] = np.float32(yt[r * NR + c])
 
 
 @jit(parallel=True)
@@ -359,21 +422,36 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w) -> np.ndar
         raise InputError(f"gemm_grouped: zero points and scales must have shape [{G}], got {zps.shape}, {scales.shape}")
     if not np.all(np.isfinite(scales)):
         raise QuantError("gemm_grouped: group scales must be finite")
+    if a.dtype != np.int16:
+        lo_z, hi_z = (0, 255) if a.dtype == np.uint8 else (-128, 127)
+        zp_arr = np.array([C.int_arg(z, "group_zero_points[g]") for z in zps], np.int64)
+        bad = np.flatnonzero((zp_arr < lo_z) | (zp_arr > hi_z))
+        if bad.size:
+            g = int(bad[0])
+            raise QuantError(f"gemm_grouped: zero point {zp_arr[g]} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
+        for g in range(G):
+            _check_k(int(bounds[g + 1] - bounds[g]), K_MAX_U8S8, f"gemm_grouped group {g}")
+        # One pass: every group's tile accumulated while it is in registers / L1, one float32 store.
+        wp, woff, kps = pw.group_layout(bounds)
+        aoff = np.concatenate([[0], np.cumsum(2 * kps)[:-1]]).astype(np.int64)
+        lda = int(2 * kps.sum())
+        out = np.empty((M, pw.n), dtype=np.float32)
+        if M == 0 or pw.n == 0:
+            return out
+        mpad = -(-M // MR) * MR
+        a16 = _a16_scratch(mpad * lda)
+        _widen_grouped(a, bounds, zp_arr, aoff, mpad, lda, a16)
+        _gemm_grouped_core(a16, lda, M, aoff, wp, woff, kps, pw.n, scales.astype(np.float64), out)
+        return out
+    # int16 activations: one split-K int64 GEMM per group, summed in float64 in group order
     packs = pw.group_packs(bounds)
     y = np.zeros((M, pw.n), dtype=np.float64)  # [M, N] float64 sum over groups
     for g in range(G):
         lo, hi = int(bounds[g]), int(bounds[g + 1])
         zp = C.int_arg(zps[g], "group_zero_points[g]")
-        if a.dtype == np.int16:
-            acc = _run(a, 0, lo, hi, packs[g], np.int64, S16_BLOCK_PAIRS)
-            if zp != 0:
-                acc -= np.int64(zp) * packs[g].row_sums.astype(np.int64)[None, :]
-        else:
-            lo_z, hi_z = (0, 255) if a.dtype == np.uint8 else (-128, 127)
-            if not lo_z <= zp <= hi_z:
-                raise QuantError(f"gemm_grouped: zero point {zp} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
-            _check_k(hi - lo, K_MAX_U8S8, f"gemm_grouped group {g}")
-            acc = _run(a, zp, lo, hi, packs[g], np.int32, None)
+        acc = _run(a, 0, lo, hi, packs[g], np.int64, S16_BLOCK_PAIRS)
+        if zp != 0:
+            acc -= np.int64(zp) * packs[g].row_sums.astype(np.int64)[None, :]
         _axpy_rows(y, np.float64(scales[g]), acc)
     return y.astype(np.float32)
 
