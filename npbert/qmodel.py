@@ -291,7 +291,8 @@ def quantize_weight(w: np.ndarray, b: np.ndarray | None, bits: int, granularity:
     qp = qparams_from_range(lo, hi, bits, symmetric=True, signed=True, axis=axis)
     q = quantize(w, qp).astype(np.int8)
     scale = np.broadcast_to(qp.scale, (w.shape[0],)).astype(np.float32)
-    return QWeight(scale, None if b is None else np.asarray(b, np.float32), kg.pack_int8_weight(q))
+    # the bias is copied: a view would keep the whole FP32 checkpoint (memory map) alive
+    return QWeight(scale, None if b is None else np.array(b, np.float32, copy=True), kg.pack_int8_weight(q))
 
 
 WORD_EMB = "embeddings.word_embeddings.weight"
@@ -1032,7 +1033,7 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
         except KeyError:
             raise QuantError(f"{model_dir / QUANT_TENSORS}: integer weights of {n!r} are missing; re-save") from None
         params[n + ".weight"] = q.astype(np.float32) * scale[:, None]  # for site discovery only, dropped below
-        qweights[n] = QWeight(scale, np.asarray(params[n + ".bias"], np.float32), kg.pack_int8_weight(q))
+        qweights[n] = QWeight(scale, np.array(params[n + ".bias"], np.float32, copy=True), kg.pack_int8_weight(q))
     tok = Tokenizer.from_dir(model_dir, cfg.max_tokens) if (model_dir / "tokenizer.json").is_file() else None
     base = Model(cfg, params, tok, Pooling.from_dir(model_dir), str(model_dir))
     qm = QuantizedModel(base, recipe, [(p, kv) for p, kv in meta.get("overrides", [])])
