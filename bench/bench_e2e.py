@@ -935,9 +935,11 @@ def main() -> int:
             print(f"[cli] {c['what']}: {c['median_s']:.2f} s (rc {c['returncode']})", flush=True)
         payload["cli"] = cli
 
-    if "profile" in sections and "npbert-dynamic" in engines:
+    npbert_variants = [e[len("npbert-"):] for e in engines if e.startswith("npbert-")]
+    if "profile" in sections and npbert_variants:
         key = "bert-base" if "bert-base" in models else models[0]
-        variants = ["dynamic"] + (["fp32"] if "npbert-fp32" in engines else [])
+        # the full run profiles dynamic and fp32; a subset run profiles the npbert engines it names
+        variants = ["dynamic", "fp32"] if full else npbert_variants
         res, _, rc = run_worker("profile", max(threads), {**spec, "model": key, "batch": max(batches),
                                                           "threads": max(threads), "variants": variants})
         if res is None:
