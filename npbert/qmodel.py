@@ -418,8 +418,10 @@ class QuantExecutor(Executor):
                 acc = kg.gemm_s16s8(codes, w.packed)
             return fused.epilogue(acc, row_scale, w.scale, w.bias, act, out)
         elif qp.granularity == "group":
-            # PEG: one exact integer GEMM per group, combined with the group scales (kernel), then W's scale.
-            y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed) * w.scale[None, :]
+            # PEG: the exact per-group integer GEMMs combined with the group scales, W's scale and the
+            # bias in the kernel's tile store; the activation in place
+            y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias)
+            return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS, inplace=True)
         else:
             zp = int(qp.zero_point)
             acc_buf = self._scratch("acc", (codes.shape[0], w.packed.n), np.int32)

@@ -152,10 +152,12 @@ def _activation_rows_serial(y, act):
         _act_row(y[m], act, tmp, eb)
 
 
-def activation(name: str, x: np.ndarray, parallel: bool = True) -> np.ndarray:
-    """ops.ACTIVATIONS[name](x) as one fused pass: float32 [..., K] -> new float32 [..., K].
-    parallel=False: one thread (see PARALLEL_NOTE)."""
-    y = np.array(x, dtype=np.float32, order="C", copy=True)
+def activation(name: str, x: np.ndarray, parallel: bool = True, inplace: bool = False) -> np.ndarray:
+    """ops.ACTIVATIONS[name](x) as one fused pass: float32 [..., K] -> new float32 [..., K] (or x itself,
+    overwritten, with inplace=True and a C-contiguous float32 x). parallel=False: one thread (see PARALLEL_NOTE)."""
+    if inplace and not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable):
+        raise ValueError("activation(inplace=True) needs a writeable C-contiguous float32 array")
+    y = x if inplace else np.array(x, dtype=np.float32, order="C", copy=True)
     if y.size:
         (_activation_rows if parallel else _activation_rows_serial)(y.reshape(-1, y.shape[-1]), ACT_CODES[name])
     return y

@@ -267,9 +267,10 @@ def _widen_grouped(a, bounds, zps, aoff, mpad, lda, out):
 
 
 @jit(parallel=True)
-def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, out):
+def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has_w_scale, bias, has_bias, out):
     """out[m, n] = float32(sum_g scales[g] * acc_g[m, n]) (float64 sum, g ascending) with acc_g the exact
-    int32 GEMM of group g's k-pairs; per 4 x 16 tile, all groups, then one float32 store.
+    int32 GEMM of group g's k-pairs; per 4 x 16 tile, all groups, then one float32 store, times
+    w_scale[n] and plus bias[n] in float32 when given (the epilogue NumPy would apply afterwards).
     # a16 int16 [mpad*lda], wp int8 (group panels back to back), scales float64 [G] -> out float32 [m, n]"""
     NP = (n + NR - 1) // NR
     G = kps.shape[0]
@@ -289,7 +290,12 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, out):
                     yt[t] += s * np.float64(tile[t])
             for r in range(mm):
                 for c in range(nn):
-                    out[i0 + r, n0 + c] = np.float32(yt[r * NR + c])
+                    v = np.float32(yt[r * NR + c])
+                    if has_w_scale:
+                        v = v * w_scale[n0 + c]
+                    if has_bias:
+                        v = v + bias[n0 + c]
+                    out[i0 + r, n0 + c] = v
 
 
 @jit(parallel=True)
@@ -404,11 +410,22 @@ def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
     return out
 
 
-def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w) -> np.ndarray:
+_NO_VEC = np.zeros(1, np.float32)
+
+
+def _vec(v, n: int, name: str) -> np.ndarray:
+    v = np.ascontiguousarray(v, np.float32)
+    if v.shape != (n,):
+        raise InputError(f"gemm_grouped: {name} must have shape [{n}], got {v.shape}")
+    return v
+
+
+def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=None, bias=None) -> np.ndarray:
     """Per-embedding-group (PEG) GEMM: float32 [M, N] = float32(sum_g float64(scale_g) * float64(acc_g)),
     g ascending, acc_g = sum_{k in group g} (a[m, k] - zp_g) * w[n, k] exact (int32 for 8-bit a,
     split-K int64 for int16 a). Groups are contiguous column ranges bounds[g]:bounds[g+1]
-    (int64 [G+1]); zero points int32 [G]; scales float32 [G]. The weight scale is not applied.
+    (int64 [G+1]); zero points int32 [G]; scales float32 [G]. Optional float32 [N] w_scale and bias:
+    the result is then (that * w_scale) + bias, rounded in float32 exactly as NumPy would do it after.
     """
     pw = _as_packed(w)
     a = C.as_c(C.array(a, "a", (np.uint8, np.int8, np.int16), 2))
@@ -438,10 +455,13 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w) -> np.ndar
         out = np.empty((M, pw.n), dtype=np.float32)
         if M == 0 or pw.n == 0:
             return out
+        ws = _NO_VEC if w_scale is None else _vec(w_scale, pw.n, "w_scale")
+        bs = _NO_VEC if bias is None else _vec(bias, pw.n, "bias")
         mpad = -(-M // MR) * MR
         a16 = _a16_scratch(mpad * lda)
         _widen_grouped(a, bounds, zp_arr, aoff, mpad, lda, a16)
-        _gemm_grouped_core(a16, lda, M, aoff, wp, woff, kps, pw.n, scales.astype(np.float64), out)
+        _gemm_grouped_core(a16, lda, M, aoff, wp, woff, kps, pw.n, scales.astype(np.float64), ws, w_scale is not None,
+                           bs, bias is not None, out)
         return out
     # int16 activations: one split-K int64 GEMM per group, summed in float64 in group order
     packs = pw.group_packs(bounds)
@@ -453,7 +473,12 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w) -> np.ndar
         if zp != 0:
             acc -= np.int64(zp) * packs[g].row_sums.astype(np.int64)[None, :]
         _axpy_rows(y, np.float64(scales[g]), acc)
-    return y.astype(np.float32)
+    out = y.astype(np.float32)
+    if w_scale is not None:
+        out = out * _vec(w_scale, pw.n, "w_scale")[None, :]
+    if bias is not None:
+        out = out + _vec(bias, pw.n, "bias")
+    return out
 
 
 def _check_batched(a, b, name):

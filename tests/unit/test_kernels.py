@@ -554,3 +554,25 @@ def test_gemm_out_arguments():
     fo = np.empty((9, 13), np.float32)
     ws = np.full(13, 0.01, np.float32)
     assert np.array_equal(fused.epilogue(acc, 0.5, ws, None, "gelu", out=fo), fused.epilogue(acc, 0.5, ws, None, "gelu"))
+
+
+@pytest.mark.parametrize("dt", [np.uint8, np.int8, np.int16])
+def test_gemm_grouped_fused_scale_and_bias(dt):
+    """w_scale / bias inside gemm_grouped round exactly like `gemm_grouped(...) * w_scale + bias` in NumPy."""
+    from npbert.kernels.gemm import gemm_grouped, pack_int8_weight
+
+    rng = np.random.default_rng(11)
+    M, K, N = 11, 45, 37
+    info = np.iinfo(dt)
+    a = rng.integers(info.min, int(info.max) + 1, (M, K)).astype(dt)
+    pw = pack_int8_weight(rng.integers(-128, 128, (N, K)).astype(np.int8))
+    bounds = np.array([0, 7, 20, 33, 45])
+    zps = rng.integers(0, 256, 4) if dt == np.uint8 else rng.integers(-128, 128, 4)
+    sc = rng.uniform(1e-4, 1e-2, 4).astype(np.float32)
+    ws = rng.uniform(1e-3, 1e-1, N).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    base = gemm_grouped(a, bounds, zps, sc, pw)
+    np.testing.assert_array_equal(gemm_grouped(a, bounds, zps, sc, pw, ws, b), base * ws[None, :] + b)
+    np.testing.assert_array_equal(gemm_grouped(a, bounds, zps, sc, pw, ws), base * ws[None, :])
+    with pytest.raises(InputError, match="w_scale must have shape"):
+        gemm_grouped(a, bounds, zps, sc, pw, ws[:-1])
