@@ -564,17 +564,13 @@ def _add_requant_int(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
     if qp.granularity == "tensor" and a.qp.granularity == "tensor" and b.qp.granularity == "tensor":
         return kq.add_requant(a.q, float(a.qp.scale), int(a.qp.zero_point), b.q, float(b.qp.scale), int(b.qp.zero_point),
                               float(qp.scale), int(qp.zero_point), qp.qmin, qp.qmax, qp.int_dtype)
-    # Per-group: one integer add per contiguous column group, each with its own rescale.
+    # Per-group: each contiguous column group with its own rescale, one kernel pass over all groups.
     sa, za = _group_view(a, bounds)
     sb, zb = _group_view(b, bounds)
-    so = np.broadcast_to(qp.scale, (len(bounds) - 1,))
-    zo = np.broadcast_to(qp.zero_point, (len(bounds) - 1,))
-    out = np.empty(a.q.shape, qp.int_dtype)
-    for g in range(len(bounds) - 1):
-        s = slice(bounds[g], bounds[g + 1])
-        out[..., s] = kq.add_requant(np.ascontiguousarray(a.q[..., s]), sa[g], int(za[g]), np.ascontiguousarray(b.q[..., s]),
-                                     sb[g], int(zb[g]), float(so[g]), int(zo[g]), qp.qmin, qp.qmax, qp.int_dtype)
-    return out
+    G = len(bounds) - 1
+    so = np.broadcast_to(np.asarray(qp.scale, np.float64), (G,))
+    zo = np.broadcast_to(qp.zero_point, (G,))
+    return kq.add_requant_grouped(a.q, sa, za, b.q, sb, zb, so, zo, bounds, qp.qmin, qp.qmax, qp.int_dtype)
 
 
 def _add_requant_sim(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:

@@ -3,7 +3,8 @@
 Public API (other modules import these names):
     gemm:      PackedInt8Weight, pack_int8_weight, gemm_s8s8, gemm_u8s8, gemm_s16s8, gemm_grouped,
                bgemm_s8s8, bgemm_u8s8
-    quantize:  quantize_dynamic, quantize_static, quantize_static_grouped, requantize, add_requant
+    quantize:  quantize_dynamic, quantize_static, quantize_static_grouped, requantize, add_requant,
+               add_requant_grouped
     selection: select_kth, quantile_linear, tmiqr_threshold
 """
 
@@ -15,7 +16,8 @@ _HOME = {
         ["PackedInt8Weight", "pack_int8_weight", "gemm_s8s8", "gemm_u8s8", "gemm_s16s8", "gemm_grouped", "bgemm_s8s8", "bgemm_u8s8"],
         "gemm",
     ),
-    **dict.fromkeys(["quantize_dynamic", "quantize_static", "quantize_static_grouped", "requantize", "add_requant"], "quantize"),
+    **dict.fromkeys(["quantize_dynamic", "quantize_static", "quantize_static_grouped", "requantize", "add_requant",
+                     "add_requant_grouped"], "quantize"),
     **dict.fromkeys(["select_kth", "quantile_linear", "tmiqr_threshold"], "selection"),
 }
 
@@ -41,6 +43,7 @@ __all__ = [
     "quantize_static_grouped",
     "requantize",
     "add_requant",
+    "add_requant_grouped",
     "select_kth",
     "quantile_linear",
     "tmiqr_threshold",

@@ -21,7 +21,7 @@ from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
 from npbert.kernels.selection import _tmiqr_inplace
 
-__all__ = ["quantize_dynamic", "quantize_static", "quantize_static_grouped", "requantize", "add_requant"]
+__all__ = ["quantize_dynamic", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
 
 _ABS_MASK = 0x7FFFFFFF
 _EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
@@ -331,3 +331,56 @@ def add_requant(a, a_scale, a_zp, b, b_scale, b_zp, out_scale, out_zp, qmin, qma
         np.float64(C.int_arg(out_zp, "out_zp")), np.float64(qmin), np.float64(qmax), out,
     )
     return out.reshape(a.shape)
+
+
+@jit(parallel=True)
+def _add_requant_grouped_rows(a, b, bounds, a_zp, ra, b_zp, rb, zp, qmin, qmax, out):
+    """Row-parallel add_requant with per-column-group (zero points, ratios): group g = columns
+    bounds[g]:bounds[g+1].   # a, b [M, C] -> out [M, C]"""
+    M = a.shape[0]
+    G = bounds.shape[0] - 1
+    for m in prange(M):
+        ar, br, orow = a[m], b[m], out[m]
+        for g in range(G):
+            c0, c1 = bounds[g], bounds[g + 1]
+            az, bz, oz, fa, fb = a_zp[g], b_zp[g], zp[g], ra[g], rb[g]
+            for i in range(c0, c1):
+                va = (np.float64(ar[i]) - az) * fa
+                vb = (np.float64(br[i]) - bz) * fb
+                r = np.rint(va + vb) + oz
+                r = qmax if r > qmax else r
+                r = qmin if r < qmin else r
+                orow[i] = np.int32(r)
+
+
+def add_requant_grouped(a, a_scales, a_zps, b, b_scales, b_zps, out_scales, out_zps, group_bounds, qmin: int, qmax: int,
+                        out_dtype):
+    """add_requant with one (scale, zero point) per column group for a, b and the output (PEG residual
+    sums): group g = columns group_bounds[g]:group_bounds[g+1] of the last axis; every group is exactly
+    add_requant on its columns (ratios a_scale/out_scale in float64), in one pass."""
+    a = C.array(a, "a", (np.int8, np.uint8, np.int16))
+    b = C.array(b, "b", (np.int8, np.uint8, np.int16))
+    if a.shape != b.shape or a.ndim < 1:
+        raise InputError(f"add_requant_grouped: a {a.shape} and b {b.shape} must have the same shape")
+    Cn = a.shape[-1]
+    bounds = C.group_bounds(group_bounds, Cn)
+    G = bounds.size - 1
+
+    def per_group(v, name, positive=False):
+        v = np.broadcast_to(np.asarray(v, np.float64), (G,)).copy()
+        if positive and not (np.all(np.isfinite(v)) and np.all(v > 0)):
+            raise QuantError(f"add_requant_grouped: {name} must be finite and > 0, got {v.tolist()}")
+        return v
+
+    so = per_group(out_scales, "out_scales", True)
+    ra = per_group(a_scales, "a_scales", True) / so
+    rb = per_group(b_scales, "b_scales", True) / so
+    dt, qmin, qmax = C.out_range(out_dtype, qmin, qmax)
+    a2 = C.as_c(a).reshape(-1, Cn)
+    b2 = C.as_c(b).reshape(-1, Cn)
+    out = np.empty(a2.shape, dtype=dt)
+    if out.size:
+        _add_requant_grouped_rows(a2, b2, bounds, per_group(a_zps, "a_zps"), ra, per_group(b_zps, "b_zps"), rb,
+                                  per_group(out_zps, "out_zps"), np.float64(qmin), np.float64(qmax), out)
+    return out.reshape(a.shape)
+

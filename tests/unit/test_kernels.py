@@ -576,3 +576,30 @@ def test_gemm_grouped_fused_scale_and_bias(dt):
     np.testing.assert_array_equal(gemm_grouped(a, bounds, zps, sc, pw, ws), base * ws[None, :])
     with pytest.raises(InputError, match="w_scale must have shape"):
         gemm_grouped(a, bounds, zps, sc, pw, ws[:-1])
+
+
+@pytest.mark.parametrize("dts", [(np.uint8, np.uint8, np.uint8), (np.int16, np.int16, np.int16), (np.int8, np.uint8, np.int8)])
+def test_add_requant_grouped_equals_add_requant_per_group(dts):
+    """One pass over all column groups == add_requant on each group's columns (the PEG residual sum)."""
+    from npbert.kernels.quantize import add_requant_grouped
+
+    rng = np.random.default_rng(12)
+    da, db, do = dts
+    shape = (3, 5, 29)
+    a = rng.integers(np.iinfo(da).min, int(np.iinfo(da).max) + 1, shape).astype(da)
+    b = rng.integers(np.iinfo(db).min, int(np.iinfo(db).max) + 1, shape).astype(db)
+    bounds = np.array([0, 4, 11, 12, 29])
+    G = 4
+    sa, sb, so = (rng.uniform(1e-3, 1e-1, G) for _ in range(3))
+    za = rng.integers(0, 10, G)
+    zb = rng.integers(0, 10, G)
+    zo = rng.integers(0, 10, G)
+    qi = np.iinfo(do)
+    got = add_requant_grouped(a, sa, za, b, sb, zb, so, zo, bounds, qi.min, qi.max, do)
+    for g in range(G):
+        s = slice(bounds[g], bounds[g + 1])
+        ref = add_requant(np.ascontiguousarray(a[..., s]), sa[g], int(za[g]), np.ascontiguousarray(b[..., s]), sb[g], int(zb[g]),
+                          float(so[g]), int(zo[g]), qi.min, qi.max, do)
+        np.testing.assert_array_equal(got[..., s], ref)
+    with pytest.raises(QuantError, match="out_scales must be finite and > 0"):
+        add_requant_grouped(a, sa, za, b, sb, zb, np.zeros(G), zo, bounds, qi.min, qi.max, do)
