@@ -88,6 +88,7 @@ class Recipe:
     peg_groups: int = 6
     peg_permute: bool = True
     embedding_int8: bool = False  # word-embedding table as int8 rows with one scale per row (emb=int8)
+    peg_split: str = "equal"  # PEG group sizes: equal (the paper), or range (fitted to the sorted ranges)
 
     def spec(self, site: str, overrides: Sequence[tuple[str, dict]] = ()) -> SiteSpec:
         fields: dict = {}
@@ -141,6 +142,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 RECIPE_OPTIONS = ("weights=tensor|channel, emb=int8|float, west=minmax|mse|percentile, ff2bits=16, groups=K, permute=0|1, "
+                  "split=equal|range, "
                   "tmiqr=ff2|all, estimator=NAME")
 WEIGHT_ESTIMATORS = ("minmax", "mse", "percentile")
 
@@ -156,7 +158,8 @@ def get_recipe(spec: str) -> Recipe:
     output weights that write the outlier dims); ff2bits=16: the FF2 input (the GELU output, 4x the
     hidden size wide; not the attention output projection's input) at 16 bits, symmetric;
     estimator=NAME for every static activation site;
-    PEG: groups=K, permute=0|1; TM-IQR: tmiqr=ff2|all (all: clip every linear input, not only FF2's).
+    PEG: groups=K, permute=0|1, split=equal|range (range: group sizes that minimise the summed squared
+    step over the range-sorted dims, so the few widest dims can get a small group; needs permute=1); TM-IQR: tmiqr=ff2|all (all: clip every linear input, not only FF2's).
     The full string is the recipe's name in results and files."""
     if not isinstance(spec, str):
         raise QuantError(f"recipe must be a string, got {spec!r}")
@@ -183,6 +186,8 @@ def get_recipe(spec: str) -> Recipe:
             changes["peg_groups"] = int(val)
         elif key == "permute" and val in ("0", "1"):
             changes["peg_permute"] = val == "1"
+        elif key == "split" and val in ("equal", "range"):
+            changes["peg_split"] = val
         elif key == "tmiqr" and val in ("ff2", "all"):
             patterns = ("*.output.dense.in",) if val == "ff2" else LINEAR_INPUTS
             extra_rules += [(p, {"tmiqr": True}) for p in patterns]
@@ -193,7 +198,10 @@ def get_recipe(spec: str) -> Recipe:
                              f"(estimators: {', '.join(ESTIMATORS)})")
     if extra_rules:
         changes["rules"] = (*rec.rules, *extra_rules)
-    return dataclasses.replace(rec, **changes)
+    out = dataclasses.replace(rec, **changes)
+    if out.peg_split == "range" and not out.peg_permute:
+        raise QuantError(f"recipe {spec!r}: split=range sizes groups over the range-sorted dims; it needs permute=1")
+    return out
 
 
 def parse_override(text: str) -> tuple[str, dict]:
@@ -724,9 +732,13 @@ class QuantizedModel(Model):
                 # largest magnitude (the residual sum) decide the grouping of all the others alone.
                 rel = [(ranges[s][1] - ranges[s][0]) / max(float(np.median(ranges[s][1] - ranges[s][0])), 1e-12)
                        for s in self.group_sites]
-                self.perm = peg.range_permutation(np.max(rel, axis=0))
+                score = np.max(rel, axis=0)  # [C]
+                self.perm = peg.range_permutation(score)
                 self.params = fold_permutation(self.params, self.config, self.perm)
-            bounds = group_bounds_equal(C, groups)
+            if self.recipe.peg_split == "range":  # group sizes fitted to the sorted ranges (permute=1 only)
+                bounds = peg.range_optimal_bounds(score[self.perm], groups)
+            else:
+                bounds = group_bounds_equal(C, groups)
             for s in self.group_sites:
                 lo, hi = ranges[s]
                 if self.perm is not None:

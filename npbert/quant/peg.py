@@ -44,6 +44,36 @@ def range_permutation(per_dim_range) -> np.ndarray:
     return np.argsort(r, kind="stable").astype(np.int64)
 
 
+def range_optimal_bounds(sorted_ranges, n_groups: int) -> np.ndarray:
+    """Group bounds int64 [K+1] over dims sorted by range (ascending) that minimise sum_g n_g * r_g^2,
+    r_g the largest range in group g: the total squared quantization step over all dims, up to a
+    constant. Equal-size groups put the few widest dims in a group of C/K dims, whose step then
+    crushes the rest of that group; here the widest dims get a group to themselves when that pays.
+    Exact dynamic programme over contiguous partitions into exactly K non-empty groups (O(K C^2))."""
+    r = np.asarray(sorted_ranges, np.float64)
+    C = r.shape[0]
+    K = int(n_groups)
+    if r.ndim != 1 or not 1 <= K <= C:
+        raise QuantError(f"range_optimal_bounds: need 1 <= groups <= dims, got {K} groups for {C} dims")
+    if np.any(np.diff(r) < 0) or not np.all(np.isfinite(r)):
+        raise QuantError("range_optimal_bounds: ranges must be finite and sorted ascending")
+    sq = r * r
+    best = np.full((K + 1, C + 1), np.inf)  # best[k, j]: dims [0, j) in k groups
+    arg = np.zeros((K + 1, C + 1), np.int64)
+    best[0, 0] = 0.0
+    idx = np.arange(C + 1)
+    for k in range(1, K + 1):
+        for j in range(k, C + 1):
+            i = idx[k - 1 : j]  # the last group is [i, j), its widest dim j - 1
+            cost = best[k - 1, i] + (j - i) * sq[j - 1]
+            t = int(np.argmin(cost))
+            best[k, j], arg[k, j] = cost[t], i[t]
+    bounds = [C]
+    for k in range(K, 0, -1):
+        bounds.append(int(arg[k, bounds[-1]]))
+    return np.array(bounds[::-1], np.int64)
+
+
 def inverse_permutation(perm) -> np.ndarray:
     """perm [C] -> inv [C] with inv[perm] = arange(C): x.take(perm).take(inv) == x."""
     p = _check_perm(perm)

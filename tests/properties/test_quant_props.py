@@ -423,3 +423,24 @@ def test_tmiqr_leaves_three_quarters_of_token_maxima_unclipped(x):
 def test_quantile_is_hyndman_fan_type7_as_numpy(m, p):
     # the written-out formula the selection kernel follows equals np.quantile(method="linear") bit for bit
     assert quantile_type7(m, p) == np.quantile(m.astype(np.float64), p, method="linear")
+
+
+@given(st.lists(st.floats(0.0, 1e4, allow_nan=False), min_size=1, max_size=11), st.integers(1, 11))
+def test_range_optimal_bounds_is_the_best_contiguous_partition(values, k):
+    """The DP's bounds cost no more than any contiguous partition into k groups (brute force), and are
+    valid bounds (0 ... C, strictly increasing, exactly k groups)."""
+    import itertools
+
+    from npbert.quant.peg import range_optimal_bounds
+
+    r = np.sort(np.asarray(values, np.float64))
+    C = r.size
+    k = min(k, C)
+
+    def cost(b):
+        return sum((b[g + 1] - b[g]) * r[b[g + 1] - 1] ** 2 for g in range(len(b) - 1))
+
+    got = range_optimal_bounds(r, k)
+    assert got[0] == 0 and got[-1] == C and len(got) == k + 1 and np.all(np.diff(got) > 0)
+    best = min(cost([0, *c, C]) for c in itertools.combinations(range(1, C), k - 1))
+    assert cost(got) <= best * (1 + 1e-12) + 1e-12

@@ -49,7 +49,8 @@ def _int_vs_sim(model, texts, recipe):
 
 
 # The option sets the MPNet similarity table reports (bench/run_sim_table.sh), besides the base recipes.
-OPTION_VARIANTS = ["w8a8-mp:weights=channel:west=minmax:ff2bits=16", "peg:groups=4:weights=channel:west=minmax:ff2bits=16"]
+OPTION_VARIANTS = ["w8a8-mp:weights=channel:west=minmax:ff2bits=16", "peg:groups=4:weights=channel:west=minmax:ff2bits=16",
+                   "peg:split=range"]
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES) + OPTION_VARIANTS)
@@ -119,7 +120,7 @@ def test_peg_permutation_is_folded_and_undone(tiny):
 
 
 def test_save_load_bit_identical(tiny, tmp_path):
-    for recipe in [*RECIPES, "dynamic:emb=int8", "peg:emb=int8"]:
+    for recipe in [*RECIPES, "dynamic:emb=int8", "peg:emb=int8", "peg:split=range"]:
         qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
         out = qm.save(tmp_path / recipe)
         re = load_quantized(out)
@@ -315,3 +316,21 @@ def test_reused_buffers_never_leak_into_results(tiny, recipe):
     if l1 is not None:
         assert np.array_equal(o1.logits, l1)
     assert np.array_equal(qm.forward(b1).last_hidden_state, h1)
+
+
+def test_peg_range_split(tiny):
+    """split=range: K groups sized by the DP over the range-sorted dims (not C/K each), shared by every
+    PEG site; it needs the permutation."""
+    from npbert.quant.peg import range_optimal_bounds
+
+    qm = quantize_model(tiny, "peg:split=range", calibration=TINY_TEXTS)
+    bounds = {tuple(qm.site_qparams[s].group_bounds) for s in qm.group_sites}
+    assert len(bounds) == 1
+    (b,) = bounds
+    C = tiny.config.hidden_size
+    assert b[0] == 0 and b[-1] == C and len(b) == 7 and b != tuple(np.linspace(0, C, 7).astype(int))
+    with pytest.raises(QuantError, match="needs permute=1"):
+        get_recipe("peg:split=range:permute=0")
+    with pytest.raises(QuantError, match="bad option 'split=median'"):
+        get_recipe("peg:split=median")
+    assert range_optimal_bounds(np.array([1.0, 1.0, 1.0, 50.0]), 2).tolist() == [0, 3, 4]
