@@ -25,4 +25,8 @@ run() {  # name model recipes calib-size
 }
 if [ "$WHICH" != mpnet ]; then run minilm weights/all-MiniLM-L6-v2 "$RECIPES" 512; fi
 if [ "$WHICH" != minilm ]; then run mpnet weights/all-mpnet-base-v2 "$MPNET_RECIPES" 128; fi
+# PEG K=6 with group sizes fitted to the range-sorted dims (split=range, added after the runs above;
+# scored once, not tuned): separate files, same settings.
+if [ "$WHICH" != mpnet ]; then run minilm-range weights/all-MiniLM-L6-v2 "peg,peg:split=range" 512; fi
+if [ "$WHICH" != minilm ]; then run mpnet-range weights/all-mpnet-base-v2 "peg:split=range,peg:split=range:$FIX" 128; fi
 npbert table "$OUT"/*.json --out "$OUT/TABLE.md"
