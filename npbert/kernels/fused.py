@@ -21,8 +21,8 @@ tolerances (tests/unit/test_fused.py, tests/properties/test_fused_props.py):
 
 parallel=False (PARALLEL_NOTE): the FP32 forward runs its GEMMs in OpenBLAS, whose worker threads
 spin after each call, while numba's OpenMP workers spin after each parallel kernel; interleaving the
-two on 2 cores measured 4.8 seq/s instead of 29 (MiniLM, batch 1, 2 threads: each pool's threads
-wait on cores the other pool's spinners hold). The FP32 executor therefore runs these kernels on
+two on 2 cores measured 4.8 seq/s instead of 35.4 (MiniLM, batch 1, 2 threads; bench/results/
+e2e-fp32-contention.log against e2e.md): each pool's threads wait on cores the other's spinners hold. The FP32 executor therefore runs these kernels on
 one thread; the integer forward (no BLAS) runs them in parallel.
 
 Shapes: M rows (tokens), N outputs, B batch, h heads, T tokens, C hidden.
@@ -134,22 +134,20 @@ def _act_row(y, act, tmp, ebits):
             y[k] = y[k] if y[k] > 0 else np.float32(0.0)
 
 
+@njit
+def _act_span(y, act, m0, m1):
+    """Rows m0:m1 of y [M, K], in place; one scratch allocation per span."""
+    tmp = np.empty(y.shape[1], np.float32)
+    eb = np.empty(y.shape[1], np.int32)
+    for m in range(m0, m1):
+        _act_row(y[m], act, tmp, eb)
+
+
 @jit(parallel=True, ieee=True)
 def _activation_rows(y, act):
     M = y.shape[0]
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        tmp = np.empty(y.shape[1], np.float32)
-        eb = np.empty(y.shape[1], np.int32)
-        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            _act_row(y[m], act, tmp, eb)
-
-
-@njit
-def _activation_rows_serial(y, act):
-    tmp = np.empty(y.shape[1], np.float32)
-    eb = np.empty(y.shape[1], np.int32)
-    for m in range(y.shape[0]):
-        _act_row(y[m], act, tmp, eb)
+        _act_span(y, act, c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK))
 
 
 def activation(name: str, x: np.ndarray, parallel: bool = True, inplace: bool = False) -> np.ndarray:
@@ -159,7 +157,11 @@ def activation(name: str, x: np.ndarray, parallel: bool = True, inplace: bool = 
         raise ValueError("activation(inplace=True) needs a writeable C-contiguous float32 array")
     y = x if inplace else np.array(x, dtype=np.float32, order="C", copy=True)
     if y.size:
-        (_activation_rows if parallel else _activation_rows_serial)(y.reshape(-1, y.shape[-1]), ACT_CODES[name])
+        y2 = y.reshape(-1, y.shape[-1])
+        if parallel:
+            _activation_rows(y2, ACT_CODES[name])
+        else:  # one thread: the span over all rows, no parallel region
+            _act_span(y2, ACT_CODES[name], 0, y2.shape[0])
     return y
 
 
@@ -263,27 +265,29 @@ def _softmax_inplace(e, ebits):
         e[k] = e[k] / tot
 
 
+@njit
+def _softmax_span(out, m0, m1):
+    eb = np.empty(out.shape[1], np.int32)
+    for m in range(m0, m1):
+        _softmax_inplace(out[m], eb)
+
+
 @jit(parallel=True, ieee=True)
 def _softmax_rows(out):
     M = out.shape[0]
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        eb = np.empty(out.shape[1], np.int32)
-        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            _softmax_inplace(out[m], eb)
-
-
-@njit
-def _softmax_rows_serial(out):
-    eb = np.empty(out.shape[1], np.int32)
-    for m in range(out.shape[0]):
-        _softmax_inplace(out[m], eb)
+        _softmax_span(out, c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK))
 
 
 def softmax_rows(x: np.ndarray, parallel: bool = True) -> np.ndarray:
     """softmax over the last axis, float32 [..., T] -> float32 [..., T] (ops.softmax, fused)."""
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     if out.size:
-        (_softmax_rows if parallel else _softmax_rows_serial)(out.reshape(-1, out.shape[-1]))
+        o2 = out.reshape(-1, out.shape[-1])
+        if parallel:
+            _softmax_rows(o2)
+        else:
+            _softmax_span(o2, 0, o2.shape[0])
     return out
 
 
@@ -371,46 +375,35 @@ def _layer_norm_row(x, gamma, beta, eps, out, tmp):
         out[k] = tmp[k] * inv * gamma[k] + beta[k]
 
 
-@jit(parallel=True, ieee=True)
-def _add_layer_norm_rows(a, b, gamma, beta, eps, out_sum, out):
-    M = a.shape[0]
-    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        tmp = np.empty(a.shape[1], np.float32)
-        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            sr = out_sum[m]
-            ar = a[m]
+@njit
+def _ln_span(x, b, add, gamma, beta, eps, out_sum, out, m0, m1):
+    """Rows m0:m1: out = LayerNorm(x) or, with add, out_sum = x + b and out = LayerNorm(out_sum)."""
+    tmp = np.empty(x.shape[1], np.float32)
+    for m in range(m0, m1):
+        row = x[m]
+        if add:
+            row = out_sum[m]
+            xr = x[m]
             br = b[m]
-            for k in range(a.shape[1]):
-                sr[k] = ar[k] + br[k]
-            _layer_norm_row(sr, gamma, beta, eps, out[m], tmp)
+            for k in range(x.shape[1]):
+                row[k] = xr[k] + br[k]
+        _layer_norm_row(row, gamma, beta, eps, out[m], tmp)
 
 
 @jit(parallel=True, ieee=True)
-def _layer_norm_rows(x, gamma, beta, eps, out):
+def _ln_rows(x, b, add, gamma, beta, eps, out_sum, out):
     M = x.shape[0]
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        tmp = np.empty(x.shape[1], np.float32)
-        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
+        _ln_span(x, b, add, gamma, beta, eps, out_sum, out, c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK))
 
 
-@njit
-def _layer_norm_rows_serial(x, gamma, beta, eps, out):
-    tmp = np.empty(x.shape[1], np.float32)
-    for m in range(x.shape[0]):
-        _layer_norm_row(x[m], gamma, beta, eps, out[m], tmp)
-
-
-@njit
-def _add_layer_norm_rows_serial(a, b, gamma, beta, eps, out_sum, out):
-    tmp = np.empty(a.shape[1], np.float32)
-    for m in range(a.shape[0]):
-        sr = out_sum[m]
-        ar = a[m]
-        br = b[m]
-        for k in range(a.shape[1]):
-            sr[k] = ar[k] + br[k]
-        _layer_norm_row(sr, gamma, beta, eps, out[m], tmp)
+def _layer_norm_call(x2, b2, add, gamma, beta, eps, s2, out2, parallel):
+    g = np.ascontiguousarray(gamma, np.float32)
+    bt = np.ascontiguousarray(beta, np.float32)
+    if parallel:
+        _ln_rows(x2, b2, add, g, bt, float(eps), s2, out2)
+    else:  # one thread: the span over all rows, no parallel region
+        _ln_span(x2, b2, add, g, bt, float(eps), s2, out2, 0, x2.shape[0])
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, parallel: bool = True) -> np.ndarray:
@@ -418,9 +411,8 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, p
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty_like(x)
     if x.size:
-        C = x.shape[-1]
-        (_layer_norm_rows if parallel else _layer_norm_rows_serial)(x.reshape(-1, C), np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32),
-                         float(eps), out.reshape(-1, C))
+        x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
+        _layer_norm_call(x2, x2, False, gamma, beta, eps, o2, o2, parallel)  # b, out_sum unused without add
     return out
 
 
@@ -433,6 +425,6 @@ def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.nda
     out = np.empty_like(a)
     if a.size:
         C = a.shape[-1]
-        (_add_layer_norm_rows if parallel else _add_layer_norm_rows_serial)(a.reshape(-1, C), b.reshape(-1, C), np.ascontiguousarray(gamma, np.float32),
-                             np.ascontiguousarray(beta, np.float32), float(eps), s.reshape(-1, C), out.reshape(-1, C))
+        _layer_norm_call(a.reshape(-1, C), b.reshape(-1, C), True, gamma, beta, eps, s.reshape(-1, C), out.reshape(-1, C),
+                         parallel)
     return s, out
