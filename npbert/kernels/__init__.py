@@ -29,22 +29,4 @@ def __getattr__(name):
     return getattr(importlib.import_module(f"npbert.kernels.{mod}"), name)
 
 
-__all__ = [
-    "PackedInt8Weight",
-    "pack_int8_weight",
-    "gemm_s8s8",
-    "gemm_u8s8",
-    "gemm_s16s8",
-    "gemm_grouped",
-    "bgemm_s8s8",
-    "bgemm_u8s8",
-    "quantize_dynamic",
-    "quantize_static",
-    "quantize_static_grouped",
-    "requantize",
-    "add_requant",
-    "add_requant_grouped",
-    "select_kth",
-    "quantile_linear",
-    "tmiqr_threshold",
-]
+__all__ = list(_HOME)

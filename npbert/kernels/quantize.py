@@ -292,19 +292,23 @@ def requantize(acc, multiplier, out_zero_point: int, qmin: int, qmax: int, out_d
     return out
 
 
+@njit
+def _add_requant_one(a, b, a_zp, ra, b_zp, rb, zp, qmin, qmax):
+    """clamp(rint((a - a_zp) * ra + (b - b_zp) * rb) + zp, qmin, qmax) in float64 -> int32."""
+    r = np.rint((np.float64(a) - a_zp) * ra + (np.float64(b) - b_zp) * rb) + zp
+    r = qmax if r > qmax else r
+    r = qmin if r < qmin else r
+    return np.int32(r)
+
+
 @jit(parallel=True)
 def _add_requant_flat(a, b, a_zp, ra, b_zp, rb, zp, qmin, qmax, out):
-    """out[i] = clamp(rint((a[i] - a_zp) * ra + (b[i] - b_zp) * rb) + zp, qmin, qmax), float64."""
+    """out[i] = _add_requant_one(a[i], b[i], ...) over flat arrays, in chunks."""
     n = a.shape[0]
     nch = (n + _CHUNK - 1) // _CHUNK
     for c in prange(nch):
         for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            va = (np.float64(a[i]) - a_zp) * ra
-            vb = (np.float64(b[i]) - b_zp) * rb
-            r = np.rint(va + vb) + zp
-            r = qmax if r > qmax else r
-            r = qmin if r < qmin else r
-            out[i] = np.int32(r)
+            out[i] = _add_requant_one(a[i], b[i], a_zp, ra, b_zp, rb, zp, qmin, qmax)
 
 
 def add_requant(a, a_scale, a_zp, b, b_scale, b_zp, out_scale, out_zp, qmin, qmax, out_dtype):
@@ -342,15 +346,9 @@ def _add_requant_grouped_rows(a, b, bounds, a_zp, ra, b_zp, rb, zp, qmin, qmax, 
     for m in prange(M):
         ar, br, orow = a[m], b[m], out[m]
         for g in range(G):
-            c0, c1 = bounds[g], bounds[g + 1]
             az, bz, oz, fa, fb = a_zp[g], b_zp[g], zp[g], ra[g], rb[g]
-            for i in range(c0, c1):
-                va = (np.float64(ar[i]) - az) * fa
-                vb = (np.float64(br[i]) - bz) * fb
-                r = np.rint(va + vb) + oz
-                r = qmax if r > qmax else r
-                r = qmin if r < qmin else r
-                orow[i] = np.int32(r)
+            for i in range(bounds[g], bounds[g + 1]):
+                orow[i] = _add_requant_one(ar[i], br[i], az, fa, bz, fb, oz, qmin, qmax)
 
 
 def add_requant_grouped(a, a_scales, a_zps, b, b_scales, b_zps, out_scales, out_zps, group_bounds, qmin: int, qmax: int,
