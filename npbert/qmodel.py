@@ -339,23 +339,18 @@ class QuantExecutor(Executor):
     # consumed within its layer: quantized, or added into the residual stream). Executors that keep
     # site values (taps) turn this off, or later layers would overwrite what they kept.
     REUSE_OUTPUTS = True
-    PARALLEL_FLOAT_KERNELS = True  # no BLAS in the integer forward (the simulation turns it off)
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
         self.qm = qm
         self.sim = simulate
-        self.PARALLEL_FLOAT_KERNELS = not simulate  # the simulation's GEMMs are BLAS
+        # parallel float kernels: the integer forward runs no BLAS; the simulation's GEMMs are BLAS
+        self.PARALLEL_FLOAT_KERNELS = not simulate
         self._dyn_cache: dict[str, tuple] = {}
 
     def begin(self, attention_mask):
         super().begin(attention_mask)
         self._dyn_cache = {}
-
-    def _scratch(self, role: str, shape: tuple, dtype) -> np.ndarray:
-        """A buffer for an intermediate that is consumed before the next use of `role` (GEMM
-        accumulators): reused across calls and forwards, per thread; see QuantizedModel.scratch."""
-        return self.qm.scratch(role, shape, dtype)
 
     def word_rows(self, ids):
         emb = self.qm.word_emb
@@ -410,7 +405,7 @@ class QuantExecutor(Executor):
         out_role: write the result into that scratch buffer (see REUSE_OUTPUTS) instead of a new array."""
         out = None
         if out_role is not None and not self.sim and (qp is None or qp.granularity != "group"):
-            out = self._scratch(out_role, (codes.shape[0], w.packed.n), np.float32)
+            out = self.qm.scratch(out_role, (codes.shape[0], w.packed.n), np.float32)
         if self.sim:
             if w.deq64 is None:
                 w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
@@ -421,7 +416,7 @@ class QuantExecutor(Executor):
             y = (a @ w.deq64.T).astype(np.float32)
         elif qp is None:  # dynamic: symmetric codes, one scale per row
             if codes.dtype == np.int8:
-                acc = kg.gemm_s8s8(codes, w.packed, out=self._scratch("acc", (codes.shape[0], w.packed.n), np.int32))
+                acc = kg.gemm_s8s8(codes, w.packed, out=self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32))
             else:
                 acc = kg.gemm_s16s8(codes, w.packed)
             return fused.epilogue(acc, row_scale, w.scale, w.bias, act, out)
@@ -432,7 +427,7 @@ class QuantExecutor(Executor):
             return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS, inplace=True)
         else:
             zp = int(qp.zero_point)
-            acc_buf = self._scratch("acc", (codes.shape[0], w.packed.n), np.int32)
+            acc_buf = self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32)
             if codes.dtype == np.int8:
                 acc = kg.gemm_s8s8(codes, w.packed, out=acc_buf)
             elif codes.dtype == np.uint8:
@@ -496,7 +491,7 @@ class QuantExecutor(Executor):
             acc = np.matmul(q8.astype(np.float64), k8.astype(np.float64).transpose(0, 1, 3, 2))
         else:
             acc = kg.bgemm_s8s8(np.ascontiguousarray(q8).reshape(B * h, T, d), np.ascontiguousarray(k8).reshape(B * h, T, d),
-                                out=self._scratch("scores", (B * h, T, T), np.int32))
+                                out=self.qm.scratch("scores", (B * h, T, T), np.int32))
             acc = acc.reshape(B, h, T, T)
         seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
         if (self.FUSE_SOFTMAX and not self.sim and prefix + ".scores" not in self.qm.site_qparams
@@ -516,7 +511,7 @@ class QuantExecutor(Executor):
         else:
             vt = np.ascontiguousarray(v8.transpose(0, 1, 3, 2)).reshape(B * h, d, T)
             pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
-            out = self._scratch("context", (B * h, T, d), np.int32)
+            out = self.qm.scratch("context", (B * h, T, d), np.int32)
             if p.q.dtype == np.uint8:
                 acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt, out=out)
             else:
