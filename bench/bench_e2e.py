@@ -587,81 +587,44 @@ class PhaseTimer:
         return timed
 
 
-# label -> the phase group it is reported under
-PHASES = {
-    "gemm_s8s8/s16s8/u8s8/grouped (linear layers)": "GEMM: linear layers (int8 kernels)",
-    "bgemm_s8s8/u8s8 (QK^T, PV)": "GEMM: attention QK^T / PV (int8 kernels)",
-    "ops.linear (BLAS sgemm + bias)": "GEMM: linear layers (float BLAS)",
-    "quantize_dynamic kernel": "quantize activations",
-    "quantize_static(_grouped) kernel": "quantize activations",
-    "add_requant kernel": "residual add",
-    "QuantExecutor._dynamic (reshape, np.repeat of scales)": "quantize activations",
-    "QuantExecutor._matmul epilogue (int32->f32, scales, bias)": "dequantize epilogue (int32 -> float, scales, bias)",
-    "QuantExecutor.linear glue": "Python / glue",
-    "QuantExecutor.attention glue (transposes, copies, scales)": "attention glue (head split/merge copies, score scaling)",
-    "QuantExecutor._heads_codes": "attention glue (head split/merge copies, score scaling)",
-    "ops.attention glue (QK^T, PV via BLAS)": "attention (float BLAS + glue)",
-    "softmax": "softmax",
-    "GELU (erf polynomial)": "GELU",
-    "LayerNorm": "LayerNorm",
-    "Executor.layer_norm glue": "Python / glue",
-    "residual add (float)": "residual add",
-    "site()": "Python / glue",
-    "embeddings": "embeddings",
-    "fused.epilogue (int -> float, scales, bias, GELU)": "dequantize epilogue (int -> float, scales, bias, GELU)",
-    "fused.activation (GELU)": "GELU",
-    "fused.softmax_quantize (scores -> probs codes)": "softmax",
-    "fused.softmax_rows": "softmax",
-    "fused.layer_norm": "LayerNorm",
-    "fused.add_layer_norm (residual add + LayerNorm)": "residual add + LayerNorm",
-    "Executor.add_layer_norm glue": "Python / glue",
-    "Executor.attention (float QK^T, PV via BLAS + glue)": "attention (float BLAS + glue)",
-}
+# What the profile times: (module[:class], attribute, phase group). Each attribute is wrapped under the
+# label "module[:class].attribute"; phases sum their labels' exclusive times.
+_INT8_GEMM, _QUANT, _EPI = "GEMM: linear layers (int8 kernels)", "quantize activations", "dequantize epilogue (int -> float, scales, bias, GELU)"
+_ATT_GLUE, _GLUE = "attention glue (head split/merge copies, score scaling)", "Python / glue"
+PROBES = (
+    *(("npbert.kernels.gemm", f, _INT8_GEMM) for f in ("gemm_s8s8", "gemm_s16s8", "gemm_u8s8", "gemm_grouped")),
+    *(("npbert.kernels.gemm", f, "GEMM: attention QK^T / PV (int8 kernels)") for f in ("bgemm_s8s8", "bgemm_u8s8")),
+    *(("npbert.kernels.quantize", f, _QUANT) for f in ("quantize_dynamic", "quantize_static", "quantize_static_grouped")),
+    *(("npbert.kernels.quantize", f, "residual add") for f in ("add_requant", "add_requant_grouped")),
+    ("npbert.kernels.fused", "epilogue", _EPI),
+    ("npbert.kernels.fused", "activation", "GELU"),
+    ("npbert.kernels.fused", "softmax_quantize", "softmax"),
+    ("npbert.kernels.fused", "softmax_rows", "softmax"),
+    ("npbert.kernels.fused", "layer_norm", "LayerNorm"),
+    ("npbert.kernels.fused", "add_layer_norm", "residual add + LayerNorm"),
+    ("npbert.ops", "linear", "GEMM: linear layers (float BLAS)"),
+    ("npbert.model", "embed_tokens", "embeddings"),
+    ("npbert.model:Executor", "attention", "attention (float BLAS + glue)"),
+    ("npbert.model:Executor", "add", "residual add"),
+    *(("npbert.model:Executor", f, _GLUE) for f in ("layer_norm", "add_layer_norm")),
+    ("npbert.qmodel:QuantExecutor", "_dynamic", _QUANT),
+    ("npbert.qmodel:QuantExecutor", "_matmul", _EPI),
+    ("npbert.qmodel:QuantExecutor", "add", "residual add"),
+    *(("npbert.qmodel:QuantExecutor", f, _ATT_GLUE) for f in ("attention", "_heads_codes")),
+    *(("npbert.qmodel:QuantExecutor", f, _GLUE) for f in ("linear", "site")),
+)
+PHASES = {f"{owner}.{attr}": phase for owner, attr, phase in PROBES}  # label -> phase group
 
 
 def _instrument(timer: PhaseTimer):
-    """Patch module attributes the forward looks up at call time (nothing in npbert/ is edited)."""
-    from npbert import model as nm
-    from npbert import ops
-    from npbert import qmodel as qmod
-    from npbert.kernels import fused
-    from npbert.kernels import gemm as kg
-    from npbert.kernels import quantize as kq
+    """Wrap every PROBES attribute where the forward looks it up at call time (nothing in npbert/ is edited)."""
+    import importlib
 
-    w = timer.wrap
-    fused.epilogue = w("fused.epilogue (int -> float, scales, bias, GELU)", fused.epilogue)
-    fused.activation = w("fused.activation (GELU)", fused.activation)
-    fused.softmax_quantize = w("fused.softmax_quantize (scores -> probs codes)", fused.softmax_quantize)
-    fused.softmax_rows = w("fused.softmax_rows", fused.softmax_rows)
-    fused.layer_norm = w("fused.layer_norm", fused.layer_norm)
-    fused.add_layer_norm = w("fused.add_layer_norm (residual add + LayerNorm)", fused.add_layer_norm)
-    nm.Executor.add_layer_norm = w("Executor.add_layer_norm glue", nm.Executor.add_layer_norm)
-    nm.Executor.attention = w("Executor.attention (float QK^T, PV via BLAS + glue)", nm.Executor.attention)
-    for f in ("gemm_s8s8", "gemm_s16s8", "gemm_u8s8", "gemm_grouped"):
-        setattr(kg, f, w("gemm_s8s8/s16s8/u8s8/grouped (linear layers)", getattr(kg, f)))
-    for f in ("bgemm_s8s8", "bgemm_u8s8"):
-        setattr(kg, f, w("bgemm_s8s8/u8s8 (QK^T, PV)", getattr(kg, f)))
-    kq.quantize_dynamic = w("quantize_dynamic kernel", kq.quantize_dynamic)
-    kq.quantize_static = w("quantize_static(_grouped) kernel", kq.quantize_static)
-    kq.quantize_static_grouped = w("quantize_static(_grouped) kernel", kq.quantize_static_grouped)
-    kq.add_requant = w("add_requant kernel", kq.add_requant)
-    ops.softmax = w("softmax", ops.softmax)
-    ops.layer_norm = w("LayerNorm", ops.layer_norm)
-    ops.linear = w("ops.linear (BLAS sgemm + bias)", ops.linear)
-    ops.attention = w("ops.attention glue (QK^T, PV via BLAS)", ops.attention)
-    for k in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-        ops.ACTIVATIONS[k] = w("GELU (erf polynomial)" if k == "gelu" else "GELU (tanh)", ops.ACTIVATIONS[k])
-    nm.embed_tokens = w("embeddings", nm.embed_tokens)
-    QE = qmod.QuantExecutor
-    QE._dynamic = w("QuantExecutor._dynamic (reshape, np.repeat of scales)", QE._dynamic)
-    QE._matmul = w("QuantExecutor._matmul epilogue (int32->f32, scales, bias)", QE._matmul)
-    QE.linear = w("QuantExecutor.linear glue", QE.linear)
-    QE.attention = w("QuantExecutor.attention glue (transposes, copies, scales)", QE.attention)
-    QE._heads_codes = w("QuantExecutor._heads_codes", QE._heads_codes)
-    QE.add = w("residual add (float)", QE.add)
-    QE.site = w("site()", QE.site)
-    nm.Executor.layer_norm = w("Executor.layer_norm glue", nm.Executor.layer_norm)
-    nm.Executor.add = w("residual add (float)", nm.Executor.add)
+    for owner, attr, _ in PROBES:
+        mod, _, cls = owner.partition(":")
+        obj = importlib.import_module(mod)
+        obj = getattr(obj, cls) if cls else obj
+        setattr(obj, attr, timer.wrap(f"{owner}.{attr}", getattr(obj, attr)))
 
 
 def worker_profile(spec: dict) -> dict:
