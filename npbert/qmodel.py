@@ -232,7 +232,9 @@ def parse_override(text: str) -> tuple[str, dict]:
 
 
 class _SiteRecorder(Executor):
-    """Runs the FP32 forward once and records site names in order (and which sites feed linears)."""
+    """Runs the forward's structure once and records site names in order (and which sites feed linears).
+    Only shapes matter, so linears and the word lookup return zeros: no weight is read (a loaded int8
+    model has no float weights to read)."""
 
     def __init__(self, params, cfg):
         super().__init__(params, cfg)
@@ -246,7 +248,10 @@ class _SiteRecorder(Executor):
 
     def linear(self, name, x, in_site, act=None):
         self.linear_inputs[name] = in_site
-        return super().linear(name, x, in_site, act)
+        return np.zeros((*np.shape(x)[:-1], self.params[name + ".bias"].shape[0]), np.float32)
+
+    def word_rows(self, ids):
+        return np.zeros((*ids.shape, self.cfg.hidden_size), np.float32)
 
     def attention(self, prefix, q, k, v, bias):
         self.site(prefix + ".scores", None)
@@ -1030,14 +1035,12 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
             word_emb = (np.array(t[WORD_EMB + ".q"]), np.array(t[WORD_EMB + ".scale"]))
         except KeyError:
             raise QuantError(f"{model_dir / QUANT_TENSORS}: the int8 word embeddings of recipe {recipe.name!r} are missing; re-save") from None
-        params[WORD_EMB] = word_emb[0].astype(np.float32) * word_emb[1][:, None]  # for site discovery only
     qweights = {}
     for n in linear_names(cfg):
         try:
             q, scale = np.array(t[f"{n}.weight.q"]), np.array(t[f"{n}.weight.scale"])
         except KeyError:
             raise QuantError(f"{model_dir / QUANT_TENSORS}: integer weights of {n!r} are missing; re-save") from None
-        params[n + ".weight"] = q.astype(np.float32) * scale[:, None]  # for site discovery only, dropped below
         qweights[n] = QWeight(scale, np.array(params[n + ".bias"], np.float32, copy=True), kg.pack_int8_weight(q))
     tok = Tokenizer.from_dir(model_dir, cfg.max_tokens) if (model_dir / "tokenizer.json").is_file() else None
     base = Model(cfg, params, tok, Pooling.from_dir(model_dir), str(model_dir))
@@ -1049,8 +1052,6 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
     qm.perm = np.array(t["peg.perm"]) if "peg.perm" in t else None
     qm.qweights = qweights
     qm.word_emb = word_emb
-    drop = {n + ".weight" for n in qweights} | ({WORD_EMB} if word_emb is not None else set())
-    qm.params = {k: v for k, v in qm.params.items() if k not in drop}
     qm.float_weights_released = True
     qm.calibrated = True
     return qm

@@ -124,6 +124,9 @@ def test_save_load_bit_identical(tiny, tmp_path):
         qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
         out = qm.save(tmp_path / recipe)
         re = load_quantized(out)
+        # the reloaded model is as lean as the saved one: int8 panels only, no float copies rebuilt
+        assert not [k for k in re.params if k.endswith(".weight") and k[:-7] in re.qweights], recipe
+        assert ("embeddings.word_embeddings.weight" in re.params) == (re.word_emb is None), recipe
         b = tiny.tokenizer.encode(TINY_TEXTS[:3])
         a, c = qm.forward(b), re.forward(b)
         assert np.array_equal(a.last_hidden_state, c.last_hidden_state), recipe
