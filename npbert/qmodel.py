@@ -344,6 +344,10 @@ class QuantExecutor(Executor):
     # consumed within its layer: quantized, or added into the residual stream). Executors that keep
     # site values (taps) turn this off, or later layers would overwrite what they kept.
     REUSE_OUTPUTS = True
+    # Integer residual sum -> dequantize -> LayerNorm -> quantize as one kernel when the sum and the
+    # LayerNorm output are both static per tensor / per group (w8a8, w8a8-mp, peg). Bit-identical to
+    # the four steps; taps turn it off (neither the sum nor the float LayerNorm output is materialised).
+    FUSE_RESIDUAL_LN = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -543,9 +547,14 @@ class QuantExecutor(Executor):
         return self._emit(name, QTensor(_add_requant_int(a, b, qp), qp))
 
     def add_layer_norm(self, add_name, ln_name, a, b):
-        if add_name in self.qm.site_qparams:  # the sum is quantized (maybe an integer add): no fusion
-            return self.layer_norm(ln_name, self.add(add_name, a, b))
-        return super().add_layer_norm(add_name, ln_name, a, b)
+        qp = self.qm.site_qparams.get(add_name)
+        if qp is None:
+            return super().add_layer_norm(add_name, ln_name, a, b)
+        out_qp = self.qm.site_qparams.get(ln_name + ".out")
+        if self.FUSE_RESIDUAL_LN and not self.sim and _fusable_residual(a, b, qp, out_qp):
+            return QTensor(_residual_ln_int(a, b, qp, out_qp, self.params[ln_name + ".weight"],
+                                            self.params[ln_name + ".bias"], self.cfg.layer_norm_eps), out_qp)
+        return self.layer_norm(ln_name, self.add(add_name, a, b))  # the sum is quantized: its own steps
 
     def _emit(self, name: str, value):
         """A site value produced without passing site() (integer adds, probs): a hook for taps."""
@@ -579,6 +588,33 @@ def _add_requant_int(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
     so = np.broadcast_to(np.asarray(qp.scale, np.float64), (G,))
     zo = np.broadcast_to(qp.zero_point, (G,))
     return kq.add_requant_grouped(a.q, sa, za, b.q, sb, zb, so, zo, bounds, qp.qmin, qp.qmax, qp.int_dtype)
+
+
+def _fusable_residual(a, b, qp: QParams, out_qp: QParams | None) -> bool:
+    """The integer add of QuantExecutor.add (two QTensors, no per-channel grids) whose LayerNorm output
+    is statically quantized per tensor / per group, every group contiguous (no runtime permutation)."""
+    if out_qp is None or not (isinstance(a, QTensor) and isinstance(b, QTensor)):
+        return False
+    qps = (a.qp, b.qp, qp, out_qp)
+    return all(p.granularity in ("tensor", "group") and p.perm is None and p.axis in (None, -1) for p in qps)
+
+
+def _residual_ln_int(a: QTensor, b: QTensor, qp: QParams, out_qp: QParams, gamma, beta, eps) -> np.ndarray:
+    C = a.q.shape[-1]
+    bounds = _out_groups(qp, C)
+    sa, za = _group_view(a, bounds)
+    sb, zb = _group_view(b, bounds)
+    G = len(bounds) - 1
+    s_scale = np.broadcast_to(np.asarray(qp.scale, np.float32), (G,))
+    so = s_scale.astype(np.float64)
+    s_zp = np.broadcast_to(np.asarray(qp.zero_point, np.float64), (G,))
+    o_bounds = _out_groups(out_qp, C)
+    Go = len(o_bounds) - 1
+    return fused.residual_layer_norm_quantize(
+        a.q, b.q, np.ascontiguousarray(bounds, np.int64), za.astype(np.float64), sa / so, zb.astype(np.float64), sb / so,
+        np.ascontiguousarray(s_zp), s_scale, qp.qmin, qp.qmax, gamma, beta, eps, np.ascontiguousarray(o_bounds, np.int64),
+        np.broadcast_to(np.asarray(out_qp.scale, np.float32), (Go,)), np.broadcast_to(out_qp.zero_point, (Go,)),
+        out_qp.qmin, out_qp.qmax, out_qp.int_dtype)
 
 
 def _add_requant_sim(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
@@ -780,6 +816,7 @@ class _SiteTap:
     """Mixin: remember every site's value (as float32) from one forward."""
 
     FUSE_SOFTMAX = False  # the float scores must pass site() to be seen
+    FUSE_RESIDUAL_LN = False  # the residual sum and the float LayerNorm output must be seen
     REUSE_OUTPUTS = False  # seen values must not be overwritten by later layers
 
     def site(self, name, x):

@@ -34,8 +34,11 @@ import numpy as np
 from numba import prange
 
 from npbert._jit import jit, njit_ieee as njit
+from npbert.errors import InputError
+from npbert.kernels.quantize import _EXP_ALL_ONES, _add_requant_one, _quantize_static_span
 
-__all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm"]
+__all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm",
+           "residual_layer_norm_quantize"]
 
 # Activation codes shared by the epilogue and activation kernels.
 ACT_NONE, ACT_GELU, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
@@ -428,3 +431,68 @@ def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.nda
         _layer_norm_call(a.reshape(-1, C), b.reshape(-1, C), True, gamma, beta, eps, s.reshape(-1, C), out.reshape(-1, C),
                          parallel)
     return s, out
+
+
+# ------------------------------------------------------------- integer residual sum -> LayerNorm -> codes
+
+
+@jit(parallel=True, ieee=True)
+def _residual_ln_quant_rows(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s_qmin, s_qmax, gamma, beta, eps,
+                            o_bounds, o_scale, o_lo, o_hi, o_zpf, out, bad):
+    """Per row: s = add_requant(a, b) codes (group g of s_bounds: its zero points and ratios), x =
+    dequantize(s) = float32(s - s_zp) * s_scale, y = LayerNorm(x), out = quantize(y) with the
+    groups of o_bounds; bad[m] = 1 if y holds NaN/Inf.   # a, b [M, C] codes -> out [M, C] codes"""
+    M, C = a.shape
+    Gs = s_bounds.shape[0] - 1
+    Go = o_bounds.shape[0] - 1
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        x = np.empty(C, np.float32)
+        y = np.empty(C, np.float32)
+        tmp = np.empty(C, np.float32)
+        yi = y.view(np.int32)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            ar, br = a[m], b[m]
+            for g in range(Gs):
+                az, bz, sz, fa, fb = a_zp[g], b_zp[g], s_zp[g], ra[g], rb[g]
+                sc, szi = s_scale[g], np.int32(s_zp[g])
+                for i in range(s_bounds[g], s_bounds[g + 1]):
+                    q = _add_requant_one(ar[i], br[i], az, fa, bz, fb, sz, s_qmin, s_qmax)
+                    x[i] = np.float32(q - szi) * sc
+            _layer_norm_row(x, gamma, beta, eps, y, tmp)
+            mb = np.int32(0)
+            for g in range(Go):
+                mb = max(mb, _quantize_static_span(y, yi, o_bounds[g], o_bounds[g + 1], o_scale[g], o_lo[g], o_hi[g],
+                                                   o_zpf[g], out[m]))
+            bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
+
+
+def residual_layer_norm_quantize(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s_qmin: int, s_qmax: int,
+                                 gamma, beta, eps: float, o_bounds, o_scale, o_zp, o_qmin: int, o_qmax: int, out_dtype):
+    """quantize(LayerNorm(dequantize(add_requant(a, b)))) in one pass over rows, the four steps of a
+    statically quantized residual block bit for bit (tests/unit/test_fused.py compares it with the
+    unfused kernels), without the sum's codes or the float LayerNorm output ever reaching memory.
+
+    a, b: integer codes [..., C]; s_bounds int64 [Gs+1]: the sum's column groups (one group = per
+    tensor), with per-group a_zp, b_zp, s_zp (float64) and ratios ra = a_scale / s_scale, rb (float64),
+    the sum's float32 scales s_scale and its grid [s_qmin, s_qmax]; gamma, beta float32 [C]; o_bounds
+    int64 [Go+1] with float32 o_scale [Go] and int o_zp [Go]: the LayerNorm output's grid.
+    Returns codes [..., C] of out_dtype. NaN/Inf after the LayerNorm -> InputError.
+    """
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    if a.shape != b.shape or a.ndim < 1:
+        raise InputError(f"residual_layer_norm_quantize: a {a.shape} and b {b.shape} must have the same shape")
+    C = a.shape[-1]
+    a2, b2 = a.reshape(-1, C), b.reshape(-1, C)
+    out = np.empty(a2.shape, out_dtype)
+    bad = np.zeros(a2.shape[0], np.uint8)
+    o_zp = np.asarray(o_zp, np.int64)
+    if out.size:
+        _residual_ln_quant_rows(a2, b2, s_bounds, a_zp, ra, b_zp, rb, s_zp, np.ascontiguousarray(s_scale, np.float32),
+                                np.float64(s_qmin), np.float64(s_qmax), np.ascontiguousarray(gamma, np.float32),
+                                np.ascontiguousarray(beta, np.float32), float(eps), o_bounds,
+                                np.ascontiguousarray(o_scale, np.float32), (o_qmin - o_zp).astype(np.float32),
+                                (o_qmax - o_zp).astype(np.float32), o_zp.astype(np.float32), out, bad)
+    if bad.any():
+        raise InputError(f"residual LayerNorm: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
+    return out.reshape(a.shape)

@@ -162,3 +162,50 @@ def test_serial_and_parallel_kernels_agree_bitwise():
     np.testing.assert_array_equal(F.layer_norm(x, g, b, 1e-5, parallel=False), F.layer_norm(x, g, b, 1e-5))
     for u, v in zip(F.add_layer_norm(x, y, g, b, 1e-5, parallel=False), F.add_layer_norm(x, y, g, b, 1e-5)):
         np.testing.assert_array_equal(u, v)
+
+
+def _grid(rng, G, qmin, qmax, symmetric):
+    scale = rng.uniform(0.02, 0.2, G).astype(np.float32)
+    zp = np.zeros(G, np.int64) if symmetric else rng.integers(qmin + 20, qmax - 20, G)
+    return scale, zp
+
+
+@pytest.mark.parametrize("s_groups,o_groups", [(1, 1), (3, 1), (3, 3)], ids=["tensor", "groups-then-tensor", "groups"])
+@pytest.mark.parametrize("dt,qmin,qmax,sym", [(np.uint8, 0, 255, False), (np.int16, -32767, 32767, True)],
+                         ids=["uint8", "int16"])
+def test_residual_layer_norm_quantize_equals_the_four_steps(s_groups, o_groups, dt, qmin, qmax, sym):
+    """One pass (integer add -> dequantize -> LayerNorm -> quantize) against the four unfused kernels,
+    bit for bit: the fused kernel calls the same row functions in the same order."""
+    from npbert.kernels.quantize import add_requant_grouped, quantize_static_grouped
+
+    rng = _rng(11)
+    M, C = 37, 45
+    a = rng.integers(qmin, qmax + 1, (M, C)).astype(dt)
+    b = rng.integers(qmin, qmax + 1, (M, C)).astype(dt)
+    sb = np.array([0, 10, 31, C], np.int64) if s_groups == 3 else np.array([0, C], np.int64)
+    ob = sb if o_groups == 3 else np.array([0, C], np.int64)
+    (sa, za), (sb_, zb), (ss, zs) = (_grid(rng, len(sb) - 1, qmin, qmax, sym) for _ in range(3))
+    so, zo = _grid(rng, len(ob) - 1, qmin, qmax, sym)
+    gamma, beta = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    s_codes = add_requant_grouped(a, sa, za, b, sb_, zb, ss, zs, sb, qmin, qmax, dt)
+    gid = np.repeat(np.arange(len(sb) - 1), np.diff(sb))
+    x = (s_codes.astype(np.int32) - zs[gid].astype(np.int32)).astype(np.float32) * ss[gid]  # dequantize
+    y = F.layer_norm(x, gamma, beta, 1e-12)
+    ref = quantize_static_grouped(y, ob, so, zo, qmin, qmax, dt)
+    f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
+    got = F.residual_layer_norm_quantize(a, b, sb, f64(za), f64(sa) / f64(ss), f64(zb), f64(sb_) / f64(ss), f64(zs), ss,
+                                         qmin, qmax, gamma, beta, 1e-12, ob, so, zo, qmin, qmax, dt)
+    assert got.dtype == dt
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_residual_layer_norm_quantize_rejects_non_finite():
+    from npbert.errors import InputError
+
+    a = np.full((2, 4), 3, np.uint8)
+    one, z = np.ones(1), np.zeros(1)
+    bounds = np.array([0, 4], np.int64)
+    gamma = np.array([1, np.inf, 1, 1], np.float32)
+    with pytest.raises(InputError, match="NaN or Inf in row 0"):
+        F.residual_layer_norm_quantize(a, a, bounds, z, one, z, one, z, np.ones(1, np.float32), 0, 255, gamma,
+                                       np.zeros(4, np.float32), 1e-12, bounds, np.ones(1, np.float32), [0], 0, 255, np.uint8)

@@ -337,3 +337,21 @@ def test_peg_range_split(tiny):
     with pytest.raises(QuantError, match="bad option 'split=median'"):
         get_recipe("peg:split=median")
     assert range_optimal_bounds(np.array([1.0, 1.0, 1.0, 50.0]), 2).tolist() == [0, 3, 4]
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range"])
+def test_fused_residual_layer_norm_is_bit_identical(tiny, recipe, monkeypatch):
+    """The one-kernel residual block (integer add -> LayerNorm -> codes) changes no bit of the output."""
+    from npbert.qmodel import QuantExecutor
+
+    from npbert.kernels import fused
+
+    qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    calls = []
+    kernel = fused.residual_layer_norm_quantize
+    monkeypatch.setattr(fused, "residual_layer_norm_quantize", lambda *a: calls.append(1) or kernel(*a))
+    fused_out = qm.forward(b).last_hidden_state.copy()
+    assert len(calls) == 2 * tiny.config.num_hidden_layers  # both residual blocks of every layer took it
+    monkeypatch.setattr(QuantExecutor, "FUSE_RESIDUAL_LN", False)
+    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, fused_out)
