@@ -413,7 +413,7 @@ class QuantExecutor(Executor):
         """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act;
         out_role: write the result into that scratch buffer (see REUSE_OUTPUTS) instead of a new array."""
         out = None
-        if out_role is not None and not self.sim and (qp is None or qp.granularity != "group"):
+        if out_role is not None and not self.sim:
             out = self.qm.scratch(out_role, (codes.shape[0], w.packed.n), np.float32)
         if self.sim:
             if w.deq64 is None:
@@ -430,10 +430,9 @@ class QuantExecutor(Executor):
                 acc = kg.gemm_s16s8(codes, w.packed)
             return fused.epilogue(acc, row_scale, w.scale, w.bias, act, out)
         elif qp.granularity == "group":
-            # PEG: the exact per-group integer GEMMs combined with the group scales, W's scale and the
-            # bias in the kernel's tile store; the activation in place
-            y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias)
-            return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS, inplace=True)
+            # PEG: the exact per-group integer GEMMs combined with the group scales, W's scale, the
+            # bias and the activation in the kernel's tile store
+            return kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, act, out)
         else:
             zp = int(qp.zero_point)
             acc_buf = self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32)

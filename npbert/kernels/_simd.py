@@ -65,6 +65,47 @@ def _is_flat(t, dtype) -> bool:
     return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == dtype
 
 
+def _pair_loop(context, builder, signature, args):
+    """Emit the k-pair loop; returns the eight <8 x i32> accumulators (row r, half h at 2r + h)."""
+    a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+    w_arr = context.make_array(signature.args[3])(context, builder, args[3])
+    a_off_v, lda_v, w_off_v, npairs_v = args[1], args[2], args[4], args[5]
+    i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    wt = ir.IntType(signature.args[3].dtype.bitwidth)  # panel element: i16, or i8 (sign-extended in
+    # the loop: vpmovsxbw from memory; the products' operands still fit i16, so vpmaddwd matches)
+    v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+    v16w = ir.VectorType(wt, 16)
+    even = ir.Constant(v8i32, list(range(0, 16, 2)))
+    odd = ir.Constant(v8i32, list(range(1, 16, 2)))
+    splat0 = ir.Constant(v8i32, [0] * 8)
+    undef8 = ir.Constant(v8i32, ir.Undefined)
+    i16p = i16.as_pointer()
+
+    a_base = builder.gep(builder.bitcast(a_arr.data, i16p), [a_off_v])
+    w_base = builder.gep(builder.bitcast(w_arr.data, wt.as_pointer()), [w_off_v])
+    rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
+
+    with cgutils.for_range(builder, npairs_v) as loop:
+        p = loop.index
+        wp_p = builder.gep(w_base, [builder.mul(p, ir.Constant(i64, 2 * NR))])
+        w_lo = builder.load(builder.bitcast(wp_p, v16w.as_pointer()), align=1)
+        w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16w.as_pointer()), align=1)
+        w32 = (builder.sext(w_lo, v16i32), builder.sext(w_hi, v16i32))
+        p2 = builder.shl(p, ir.Constant(i64, 1))
+        for r in range(MR):
+            pair = builder.load(builder.bitcast(builder.gep(rows[r], [p2]), i32.as_pointer()), align=2)
+            b = builder.shuffle_vector(builder.insert_element(undef8, pair, ir.Constant(i32, 0)), undef8, splat0)
+            b32 = builder.sext(builder.bitcast(b, v16i16), v16i32)
+            for h in range(2):
+                prod = builder.mul(b32, w32[h])
+                s = builder.add(builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd))
+                acc = accs[2 * r + h]
+                builder.store(builder.add(builder.load(acc), s), acc)
+
+    return [builder.load(acc) for acc in accs]
+
+
 @intrinsic
 def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
     if not (_is_flat(a16, types.int16) and (_is_flat(wp, types.int16) or _is_flat(wp, types.int8))
@@ -73,50 +114,43 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, l
     sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, out, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        w_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        accs = _pair_loop(context, builder, signature, args)
         o_arr = context.make_array(signature.args[6])(context, builder, args[6])
         o_off_v, ldo_v = args[7], args[8]
-        a_off_v, lda_v, w_off_v, npairs_v = args[1], args[2], args[4], args[5]
-        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        wt = ir.IntType(signature.args[3].dtype.bitwidth)  # panel element: i16, or i8 (sign-extended in
-        # the loop: vpmovsxbw from memory; the products' operands still fit i16, so vpmaddwd matches)
-        v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
-        v16w = ir.VectorType(wt, 16)
-        even = ir.Constant(v8i32, list(range(0, 16, 2)))
-        odd = ir.Constant(v8i32, list(range(1, 16, 2)))
-        splat0 = ir.Constant(v8i32, [0] * 8)
-        undef8 = ir.Constant(v8i32, ir.Undefined)
-        i16p = i16.as_pointer()
-
-        a_base = builder.gep(builder.bitcast(a_arr.data, i16p), [a_off_v])
-        w_base = builder.gep(builder.bitcast(w_arr.data, wt.as_pointer()), [w_off_v])
-        rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
-
-        with cgutils.for_range(builder, npairs_v) as loop:
-            p = loop.index
-            wp_p = builder.gep(w_base, [builder.mul(p, ir.Constant(i64, 2 * NR))])
-            w_lo = builder.load(builder.bitcast(wp_p, v16w.as_pointer()), align=1)
-            w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16w.as_pointer()), align=1)
-            w32 = (builder.sext(w_lo, v16i32), builder.sext(w_hi, v16i32))
-            p2 = builder.shl(p, ir.Constant(i64, 1))
-            for r in range(MR):
-                pair = builder.load(builder.bitcast(builder.gep(rows[r], [p2]), i32.as_pointer()), align=2)
-                b = builder.shuffle_vector(builder.insert_element(undef8, pair, ir.Constant(i32, 0)), undef8, splat0)
-                b32 = builder.sext(builder.bitcast(b, v16i16), v16i32)
-                for h in range(2):
-                    prod = builder.mul(b32, w32[h])
-                    s = builder.add(builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd))
-                    acc = accs[2 * r + h]
-                    builder.store(builder.add(builder.load(acc), s), acc)
-
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v8i32 = ir.VectorType(i32, 8)
         o_base = builder.gep(builder.bitcast(o_arr.data, i32.as_pointer()), [o_off_v])
         for r in range(MR):
             o_row = builder.gep(o_base, [builder.mul(ldo_v, ir.Constant(i64, r))])
             for h in range(2):
                 dst = builder.bitcast(builder.gep(o_row, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer())
-                builder.store(builder.load(accs[2 * r + h]), dst, align=4)
+                builder.store(accs[2 * r + h], dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _microkernel_scaled_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s):
+    """yt[r*16 + c] += s * float64(tile[r, c]) straight from the accumulator registers (no int32 tile
+    round trip): each product is exact in float64 (int32 x float32-valued scale), one rounding per add."""
+    if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int8) and _is_flat(yt, types.float64)):
+        return None
+    sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, yt, types.float64)
+
+    def codegen(context, builder, signature, args):
+        accs = _pair_loop(context, builder, signature, args)
+        y_arr = context.make_array(signature.args[6])(context, builder, args[6])
+        f64 = ir.DoubleType()
+        v8f64 = ir.VectorType(f64, 8)
+        undef = ir.Constant(v8f64, ir.Undefined)
+        sv = builder.shuffle_vector(builder.insert_element(undef, args[7], ir.Constant(ir.IntType(32), 0)), undef,
+                                    ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        y_base = builder.bitcast(y_arr.data, f64.as_pointer())
+        for i, acc in enumerate(accs):  # acc 2r + h holds tile[r, 8h:8h+8] = yt[16r + 8h : ...] = yt[8i : 8i + 8]
+            dst = builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]), v8f64.as_pointer())
+            prod = builder.fmul(builder.sitofp(acc, v8f64), sv)
+            builder.store(builder.fadd(builder.load(dst, align=8), prod), dst, align=8)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -126,6 +160,50 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, l
 def microkernel_ir(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
     """The SIMD micro-kernel (same contract as microkernel_numba)."""
     _microkernel_ir(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo)
+
+
+@intrinsic
+def _microkernel_finish_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d_off, ldd):
+    """The last group of a grouped tile: v = yt + s * float64(acc) (as _microkernel_scaled_ir), then
+    dst[d_off + r*ldd + c] = float32(v[r, c]) * ws[c] + bs[c] (float32, each op rounded once).
+    ws, bs float32 [16]: the panel's W scales and biases (1.0 and -0.0 where there are none: x * 1 and
+    x + (-0.0) return x exactly, signed zeros included)."""
+    if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int8) and _is_flat(yt, types.float64)
+            and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
+        return None
+    sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, yt, types.float64, ws, bs, dst,
+                     types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        accs = _pair_loop(context, builder, signature, args)
+        arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
+        f32, f64, i32, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
+        v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
+        undef = ir.Constant(v8f64, ir.Undefined)
+        sv = builder.shuffle_vector(builder.insert_element(undef, args[7], ir.Constant(i32, 0)), undef,
+                                    ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+        y_base = builder.bitcast(arr(6).data, f64.as_pointer())
+        ws_base = builder.bitcast(arr(8).data, f32.as_pointer())
+        bs_base = builder.bitcast(arr(9).data, f32.as_pointer())
+        d_base = builder.gep(builder.bitcast(arr(10).data, f32.as_pointer()), [args[11]])
+        vec = lambda base, k, t: builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), t.as_pointer())  # noqa: E731
+        wsv = [builder.load(vec(ws_base, 8 * h, v8f32), align=4) for h in range(2)]
+        bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
+        for i, acc in enumerate(accs):
+            r, h = divmod(i, 2)
+            v = builder.fadd(builder.load(vec(y_base, 8 * i, v8f64), align=8), builder.fmul(builder.sitofp(acc, v8f64), sv))
+            f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
+            row = builder.gep(d_base, [builder.mul(args[12], ir.Constant(i64, r))])
+            builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def microkernel_scaled(a16, a_off, lda, wp, w_off, npairs, yt, s):
+    """yt[r*16 + c] += s * float64(sum_p ...) for the 4 x 16 tile of microkernel (yt float64 flat [64])."""
+    _microkernel_scaled_ir(a16, a_off, lda, wp, w_off, npairs, yt, s)
 
 
 microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as its tested twin

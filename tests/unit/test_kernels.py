@@ -25,6 +25,7 @@ from npbert.kernels.gemm import (
     gemm_u8s8,
     pack_int8_weight,
 )
+from npbert.kernels.fused import activation
 from npbert.kernels.quantize import add_requant, quantize_dynamic, quantize_static, quantize_static_grouped, requantize
 from npbert.kernels.selection import quantile_linear, select_kth, tmiqr_threshold
 
@@ -275,6 +276,20 @@ def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds):
     assert np.array_equal(y.view(np.int32), ref.view(np.int32))  # bit for bit
     _eq(gemm_grouped(a, b, zps, scales, pw), ref)  # cached group packs give the same answer
     _eq(gemm_grouped(a, b, zps, scales, w), ref)
+    # W scale, bias and the activation in the tile store: the NumPy epilogue then fused.activation, bitwise
+    ws = (rng.random(n) * 1e-2 + 1e-3).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for act in ("gelu", "gelu_new", "relu"):
+        want = activation(act, ref * ws[None, :] + bias)
+        got = gemm_grouped(a, b, zps, scales, pw, ws, bias, act)
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)), act
+    buf = np.full((m, n), np.nan, np.float32)
+    assert gemm_grouped(a, b, zps, scales, pw, ws, bias, "gelu", out=buf) is buf
+    assert np.array_equal(buf.view(np.int32), activation("gelu", ref * ws[None, :] + bias).view(np.int32))
+    with pytest.raises(InputError, match="out must be a writeable C-contiguous float32"):
+        gemm_grouped(a, b, zps, scales, pw, out=np.empty((m, n), np.float64))
+    with pytest.raises(InputError, match="unknown activation 'swish'"):
+        gemm_grouped(a, b, zps, scales, pw, act="swish")
 
 
 @pytest.mark.parametrize("b,m,n,k", [(1, 1, 1, 1), (3, 7, 17, 33), (5, 33, 16, 64), (2, 129, 127, 3), (4, 128, 64, 128)])
