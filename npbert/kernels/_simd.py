@@ -7,6 +7,10 @@ microkernel(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
     o_off = 0, ldo = 16, or straight into a C-contiguous int32 result). int32 wrap-around
     arithmetic (callers keep sums in range, see gemm.py).
 
+Two variants for the grouped (PEG) GEMM share the k-pair loop and differ in the store: the scaled
+one adds s * float64(tile) into a float64 [4, 16] buffer, the finishing one also rounds to float32,
+multiplies the W scales, adds the biases and stores the tile into the float32 result.
+
 Editing this file: numba's on-disk cache (cache=True) keys gemm.py's compiled functions on gemm.py's
 own source, not on the functions they inline from here; after changing the kernel, delete
 npbert/kernels/__pycache__ (or run once with NPBERT_JIT_CACHE=0) so no stale machine code is loaded.
@@ -202,8 +206,14 @@ def _microkernel_finish_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s,
 
 @njit
 def microkernel_scaled(a16, a_off, lda, wp, w_off, npairs, yt, s):
-    """yt[r*16 + c] += s * float64(sum_p ...) for the 4 x 16 tile of microkernel (yt float64 flat [64])."""
+    """yt[r*16 + c] += s * float64(tile[r, c]), tile = microkernel's 4 x 16 result (yt float64 flat [64])."""
     _microkernel_scaled_ir(a16, a_off, lda, wp, w_off, npairs, yt, s)
+
+
+@njit
+def microkernel_finish(a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d_off, ldd):
+    """dst[d_off + r*ldd + c] = float32(yt[r*16 + c] + s * float64(tile[r, c])) * ws[c] + bs[c]."""
+    _microkernel_finish_ir(a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d_off, ldd)
 
 
 microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as its tested twin

@@ -15,7 +15,7 @@ import pytest
 from npbert.errors import InputError, QuantError
 from npbert.kernels import gemm as G
 from npbert.kernels import reference as R
-from npbert.kernels._simd import MR, NR, microkernel_ir, microkernel_numba
+from npbert.kernels._simd import MR, NR, microkernel_finish, microkernel_ir, microkernel_numba, microkernel_scaled
 from npbert.kernels.gemm import (
     bgemm_s8s8,
     bgemm_u8s8,
@@ -76,6 +76,37 @@ def test_microkernel_ir_equals_numba_twin(npairs):
         for r in range(MR):
             written[o_off + r * ldo : o_off + r * ldo + NR] = True
         assert np.all(t1[~written] == 7)  # nothing outside the tile is touched
+
+
+@pytest.mark.parametrize("npairs", [0, 1, 32, 97])
+def test_scaled_and_finishing_microkernels_equal_the_twin_then_numpy(npairs):
+    """The grouped GEMM's two variants: the float64 accumulate and the float32 finish must equal the
+    int32 tile of the twin followed by the same float operations in NumPy, bit for bit."""
+    rng = _rng(100 + npairs)
+    lda = 2 * npairs + 6
+    a = rng.integers(-255, 256, 3 + MR * lda + 8).astype(np.int16)
+    w = rng.integers(-128, 128, 32 + 2 * NR * npairs + 8).astype(np.int8)
+    tile = np.empty(MR * NR, np.int32)
+    microkernel_numba(a, 3, lda, w.astype(np.int16), 32, npairs, tile, 0, NR)
+    y0 = rng.standard_normal(MR * NR)
+    s = float(np.float32(3e-3))
+    yt = y0.copy()
+    microkernel_scaled(a, 3, lda, w, 32, npairs, yt, s)
+    want = y0 + s * tile.astype(np.float64)
+    assert np.array_equal(yt, want)
+    ws = rng.uniform(0.5, 2, NR).astype(np.float32)
+    bs = np.full(NR, -0.0, np.float32)
+    bs[::2] = rng.standard_normal(NR // 2)
+    ldd, d_off = 21, 4
+    dst = np.full(d_off + 3 * ldd + NR + 3, 7, np.float32)
+    microkernel_finish(a, 3, lda, w, 32, npairs, y0.copy(), s, ws, bs, dst, d_off, ldd)
+    fin = (want.astype(np.float32).reshape(MR, NR) * ws + bs)
+    for r in range(MR):
+        assert np.array_equal(dst[d_off + r * ldd : d_off + r * ldd + NR].view(np.int32), fin[r].view(np.int32))
+    written = np.zeros(dst.size, bool)
+    for r in range(MR):
+        written[d_off + r * ldd : d_off + r * ldd + NR] = True
+    assert np.all(dst[~written] == 7)
 
 
 def test_microkernel_extreme_pairs_do_not_wrap():
