@@ -186,6 +186,11 @@ class Executor:
         y = ops.linear(self.f(x), self.params[name + ".weight"], self.params[name + ".bias"])
         return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS)
 
+    def linear_site(self, name: str, x, in_site: str, out_site: str, act: str | None = None):
+        """site(out_site, linear(...)): a linear whose output is itself a named site (executors may fuse
+        the two)."""
+        return self.site(out_site, self.linear(name, x, in_site, act))
+
     def attention(self, prefix: str, q, k, v, bias: np.ndarray):
         """q, k, v [B, T, C] (values) -> context [B, T, C] as float32."""
         h = self.cfg.num_attention_heads
@@ -292,15 +297,15 @@ def encoder_forward(
     in_site = "embeddings.LayerNorm.out"
     for i in range(cfg.num_hidden_layers):
         p = layer_prefix(i)
-        q = ex.site(f"{p}.attention.self.query.out", ex.linear(f"{p}.attention.self.query", x, in_site))
-        k = ex.site(f"{p}.attention.self.key.out", ex.linear(f"{p}.attention.self.key", x, in_site))
-        v = ex.site(f"{p}.attention.self.value.out", ex.linear(f"{p}.attention.self.value", x, in_site))
+        q, k, v = (ex.linear_site(f"{p}.attention.self.{n}", x, in_site, f"{p}.attention.self.{n}.out")
+                   for n in ("query", "key", "value"))
         ctx = ex.site(f"{p}.attention.output.dense.in", ex.attention(f"{p}.attention.self", q, k, v, bias))
-        a = ex.site(f"{p}.attention.output.dense.out", ex.linear(f"{p}.attention.output.dense", ctx, f"{p}.attention.output.dense.in"))
+        a = ex.linear_site(f"{p}.attention.output.dense", ctx, f"{p}.attention.output.dense.in", f"{p}.attention.output.dense.out")
         x1 = ex.add_layer_norm(f"{p}.attention.output.residual", f"{p}.attention.output.LayerNorm", a, x)
         # FF1 with its activation: act(x1 W1^T + b1) [B, T, I], the FF2 input (where TM-IQR clips)
-        g = ex.site(f"{p}.output.dense.in", ex.linear(f"{p}.intermediate.dense", x1, f"{p}.attention.output.LayerNorm.out", act=cfg.hidden_act))
-        f2 = ex.site(f"{p}.output.dense.out", ex.linear(f"{p}.output.dense", g, f"{p}.output.dense.in"))  # [B, T, C]
+        g = ex.linear_site(f"{p}.intermediate.dense", x1, f"{p}.attention.output.LayerNorm.out", f"{p}.output.dense.in",
+                           act=cfg.hidden_act)
+        f2 = ex.linear_site(f"{p}.output.dense", g, f"{p}.output.dense.in", f"{p}.output.dense.out")  # [B, T, C]
         x = ex.add_layer_norm(f"{p}.output.residual", f"{p}.output.LayerNorm", f2, x1)
         in_site = f"{p}.output.LayerNorm.out"
     return x

@@ -348,6 +348,9 @@ class QuantExecutor(Executor):
     # LayerNorm output are both static per tensor / per group (w8a8, w8a8-mp, peg). Bit-identical to
     # the four steps; taps turn it off (neither the sum nor the float LayerNorm output is materialised).
     FUSE_RESIDUAL_LN = True
+    # A linear whose output site is statically quantized writes codes straight from its epilogue
+    # (linear_site). Bit-identical; taps turn it off (the float output is never materialised).
+    FUSE_LINEAR_QUANT = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -423,30 +426,60 @@ class QuantExecutor(Executor):
             else:
                 a = codes.astype(np.float64) * row_scale.astype(np.float64)[:, None]
             y = (a @ w.deq64.T).astype(np.float32)
-        elif qp is None:  # dynamic: symmetric codes, one scale per row
-            if codes.dtype == np.int8:
-                acc = kg.gemm_s8s8(codes, w.packed, out=self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32))
-            else:
-                acc = kg.gemm_s16s8(codes, w.packed)
-            return fused.epilogue(acc, row_scale, w.scale, w.bias, act, out)
-        elif qp.granularity == "group":
-            # PEG: the exact per-group integer GEMMs combined with the group scales, W's scale, the
-            # bias and the activation in the kernel's tile store
+        elif qp is not None and qp.granularity == "group":
+            # PEG: the exact per-group integer GEMMs combined with the group scales, W's scale and the
+            # bias in the kernel's tile store, then the activation
             return kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, act, out)
         else:
-            zp = int(qp.zero_point)
-            acc_buf = self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32)
-            if codes.dtype == np.int8:
-                acc = kg.gemm_s8s8(codes, w.packed, out=acc_buf)
-            elif codes.dtype == np.uint8:
-                acc = kg.gemm_u8s8(codes, zp, w.packed, out=acc_buf)
-            else:
-                acc = kg.gemm_s16s8(codes, w.packed, zp)
             # float32(float64(acc) * activation scale) * W's scale + bias: gemm_grouped's rounding, so
             # PEG with one group is bit-identical to per tensor.
-            return fused.epilogue(acc, qp.scale, w.scale, w.bias, act, out)
+            return fused.epilogue(*self._accumulate(codes, qp, row_scale, w), w.scale, w.bias, act, out)
         y = y + w.bias if w.bias is not None else y
         return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS)
+
+    def _accumulate(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight):
+        """The exact integer GEMM of codes [M, K] (dynamic: qp None; static per tensor: qp) with W ->
+        (acc int32/int64 [M, N], the activation scale per row [M] or scalar)."""
+        zp = 0 if qp is None else int(qp.zero_point)
+        acc_buf = self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32)
+        if codes.dtype == np.int8:
+            acc = kg.gemm_s8s8(codes, w.packed, out=acc_buf)
+        elif codes.dtype == np.uint8:
+            acc = kg.gemm_u8s8(codes, zp, w.packed, out=acc_buf)
+        else:
+            acc = kg.gemm_s16s8(codes, w.packed, zp)
+        return acc, (row_scale if qp is None else qp.scale)
+
+    def linear_site(self, name, x, in_site, out_site, act=None):
+        """linear then the output site's static quantizer in one pass (epilogue_quantize): the float
+        output is never stored. Falls back to the two steps for anything else."""
+        w = self.qm.qweights.get(name)
+        oqp = self.qm.site_qparams.get(out_site)
+        if (not self.FUSE_LINEAR_QUANT or self.sim or w is None or oqp is None or oqp.granularity not in ("tensor", "group")
+                or oqp.perm is not None or oqp.axis not in (None, -1)):
+            return super().linear_site(name, x, in_site, out_site, act)
+        if isinstance(x, QTensor):
+            if x.qp.granularity not in ("tensor", "group"):
+                return super().linear_site(name, x, in_site, out_site, act)
+            lead = x.q.shape[:-1]
+            codes, qp, row_scale = np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1]), x.qp, None
+        else:
+            spec = self.qm.specs[in_site]
+            if spec.mode != "dynamic":
+                return super().linear_site(name, x, in_site, out_site, act)
+            lead = np.shape(x)[:-1]
+            (codes, row_scale), qp = self._dynamic(in_site, x, spec), None
+        N = w.packed.n
+        grid = fused.OutGrid(_out_groups(oqp, N), oqp.scale, oqp.zero_point, oqp.qmin, oqp.qmax, oqp.int_dtype)
+        if qp is not None and qp.granularity == "group":
+            role = "out:" + name.split(".", 3)[-1]
+            y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, None,
+                                self.qm.scratch(role, (codes.shape[0], N), np.float32))
+            q = fused.activation_quantize(y, act, grid)
+        else:
+            acc, rs = self._accumulate(codes, qp, row_scale, w)
+            q = fused.epilogue_quantize(acc, rs, w.scale, w.bias, act, grid)
+        return QTensor(q.reshape(*lead, N), oqp)
 
     def linear(self, name, x, in_site, act=None):
         w = self.qm.qweights.get(name)
@@ -816,6 +849,7 @@ class _SiteTap:
 
     FUSE_SOFTMAX = False  # the float scores must pass site() to be seen
     FUSE_RESIDUAL_LN = False  # the residual sum and the float LayerNorm output must be seen
+    FUSE_LINEAR_QUANT = False  # linear outputs must be seen in float
     REUSE_OUTPUTS = False  # seen values must not be overwritten by later layers
 
     def site(self, name, x):

@@ -38,7 +38,7 @@ from npbert.errors import InputError
 from npbert.kernels.quantize import _EXP_ALL_ONES, _add_requant_one, _quantize_static_span
 
 __all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm",
-           "residual_layer_norm_quantize"]
+           "residual_layer_norm_quantize", "OutGrid", "epilogue_quantize", "activation_quantize"]
 
 # Activation codes shared by the epilogue and activation kernels.
 ACT_NONE, ACT_GELU, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
@@ -171,6 +171,19 @@ def activation(name: str, x: np.ndarray, parallel: bool = True, inplace: bool = 
 # ------------------------------------------------------------------------------------ epilogues
 
 
+@njit
+def _epilogue_row(a, rs, w_scale, bias, has_bias, act, o, tmp, eb):
+    """o[n] = act(float32(float64(a[n]) * rs) * w_scale[n] + bias[n]) for one row."""
+    N = a.shape[0]
+    for n in range(N):
+        o[n] = np.float32(np.float64(a[n]) * rs) * w_scale[n]
+    if has_bias:
+        for n in range(N):
+            o[n] = o[n] + bias[n]
+    if act != ACT_NONE:
+        _act_row(o, act, tmp, eb)
+
+
 @jit(parallel=True, ieee=True)
 def _epilogue_rows(acc, row_scale, w_scale, bias, has_bias, act, out):
     """out[m, n] = act(float32(float64(acc[m, n]) * row_scale[m]) * w_scale[n] + bias[n])
@@ -180,16 +193,97 @@ def _epilogue_rows(acc, row_scale, w_scale, bias, has_bias, act, out):
         tmp = np.empty(N, np.float32)
         eb = np.empty(N, np.int32)
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            rs = row_scale[m]
-            o = out[m]
-            a = acc[m]
-            for n in range(N):
-                o[n] = np.float32(np.float64(a[n]) * rs) * w_scale[n]
-            if has_bias:
-                for n in range(N):
-                    o[n] = o[n] + bias[n]
+            _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, out[m], tmp, eb)
+
+
+@njit
+def _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, q):
+    """q = quantize_static_grouped(y) for one row (one group = per tensor); returns the max |y| bits."""
+    mb = np.int32(0)
+    for g in range(o_bounds.shape[0] - 1):
+        mb = max(mb, _quantize_static_span(y, yi, o_bounds[g], o_bounds[g + 1], o_scale[g], o_lo[g], o_hi[g], o_zpf[g], q))
+    return mb
+
+
+@jit(parallel=True, ieee=True)
+def _epilogue_quant_rows(acc, row_scale, w_scale, bias, has_bias, act, o_bounds, o_scale, o_lo, o_hi, o_zpf, out, bad):
+    """out[m] = quantize(epilogue(acc[m])) per row, the float row kept in L1; bad[m] = 1 on NaN/Inf."""
+    M, N = acc.shape
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        y = np.empty(N, np.float32)
+        yi = y.view(np.int32)
+        tmp = np.empty(N, np.float32)
+        eb = np.empty(N, np.int32)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, y, tmp, eb)
+            mb = _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m])
+            bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
+
+
+@jit(parallel=True, ieee=True)
+def _act_quant_rows(x, act, o_bounds, o_scale, o_lo, o_hi, o_zpf, out, bad):
+    """out[m] = quantize(act(x[m])) per row (x is not modified)."""
+    M, N = x.shape
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        y = np.empty(N, np.float32)
+        yi = y.view(np.int32)
+        tmp = np.empty(N, np.float32)
+        eb = np.empty(N, np.int32)
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
+            y[:] = x[m]
             if act != ACT_NONE:
-                _act_row(o, act, tmp, eb)
+                _act_row(y, act, tmp, eb)
+            mb = _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m])
+            bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
+
+
+class OutGrid:
+    """A static output grid prepared for the fused quantizing kernels: per column group (one group =
+    per tensor) float32 scale, clamp bounds qmin - zp, qmax - zp and zp; codes of dtype."""
+
+    __slots__ = ("bounds", "scale", "lo", "hi", "zpf", "dtype")
+
+    def __init__(self, bounds, scale, zero_point, qmin: int, qmax: int, dtype):
+        self.bounds = np.ascontiguousarray(bounds, np.int64)
+        G = self.bounds.size - 1
+        zp = np.broadcast_to(np.asarray(zero_point, np.int64), (G,))
+        self.scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32), (G,)))
+        self.lo = (qmin - zp).astype(np.float32)
+        self.hi = (qmax - zp).astype(np.float32)
+        self.zpf = zp.astype(np.float32)
+        self.dtype = np.dtype(dtype)
+
+
+def _check_bad(bad, what):
+    if bad.any():
+        raise InputError(f"{what}: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
+
+
+def epilogue_quantize(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray | None, act: str | None,
+                      grid: OutGrid) -> np.ndarray:
+    """quantize_static(_grouped)(epilogue(acc, ...), grid) in one pass: int [M, N] -> codes [M, N] of
+    grid.dtype, bit for bit the two steps (the float row never leaves L1). NaN/Inf -> InputError."""
+    M, N = acc.shape
+    rs = np.ascontiguousarray(np.broadcast_to(np.asarray(row_scale, np.float64), (M,)))
+    out = np.empty((M, N), grid.dtype)
+    bad = np.zeros(M, np.uint8)
+    if M and N:
+        b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
+        _epilogue_quant_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,
+                             ACT_CODES[act], grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
+    _check_bad(bad, "linear output")
+    return out
+
+
+def activation_quantize(x: np.ndarray, act: str | None, grid: OutGrid) -> np.ndarray:
+    """quantize_static(_grouped)(activation(act, x), grid) in one pass: float32 [M, N] -> codes [M, N]."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, grid.dtype)
+    bad = np.zeros(x.shape[0], np.uint8)
+    if x.size:
+        _act_quant_rows(x, ACT_CODES[act], grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
+    _check_bad(bad, "linear output")
+    return out
 
 
 _NO_BIAS = np.zeros(1, np.float32)
@@ -444,7 +538,6 @@ def _residual_ln_quant_rows(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s
     groups of o_bounds; bad[m] = 1 if y holds NaN/Inf.   # a, b [M, C] codes -> out [M, C] codes"""
     M, C = a.shape
     Gs = s_bounds.shape[0] - 1
-    Go = o_bounds.shape[0] - 1
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         x = np.empty(C, np.float32)
         y = np.empty(C, np.float32)
@@ -459,11 +552,7 @@ def _residual_ln_quant_rows(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s
                     q = _add_requant_one(ar[i], br[i], az, fa, bz, fb, sz, s_qmin, s_qmax)
                     x[i] = np.float32(q - szi) * sc
             _layer_norm_row(x, gamma, beta, eps, y, tmp)
-            mb = np.int32(0)
-            for g in range(Go):
-                mb = max(mb, _quantize_static_span(y, yi, o_bounds[g], o_bounds[g + 1], o_scale[g], o_lo[g], o_hi[g],
-                                                   o_zpf[g], out[m]))
-            bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
+            bad[m] = 1 if _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m]) >= _EXP_ALL_ONES else 0
 
 
 def residual_layer_norm_quantize(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s_qmin: int, s_qmax: int,

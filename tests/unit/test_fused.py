@@ -209,3 +209,43 @@ def test_residual_layer_norm_quantize_rejects_non_finite():
     with pytest.raises(InputError, match="NaN or Inf in row 0"):
         F.residual_layer_norm_quantize(a, a, bounds, z, one, z, one, z, np.ones(1, np.float32), 0, 255, gamma,
                                        np.zeros(4, np.float32), 1e-12, bounds, np.ones(1, np.float32), [0], 0, 255, np.uint8)
+
+
+@pytest.mark.parametrize("act", [None, "gelu", "relu"])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("dt,qmin,qmax,sym", [(np.uint8, 0, 255, False), (np.int8, -127, 127, True),
+                                              (np.int16, -32767, 32767, True)], ids=["uint8", "int8", "int16"])
+def test_epilogue_and_activation_quantize_equal_the_two_steps(act, groups, dt, qmin, qmax, sym):
+    """The fused linear-output quantizers against epilogue / activation then quantize_static_grouped."""
+    from npbert.kernels.quantize import quantize_static_grouped
+
+    rng = _rng(21)
+    M, N = 37, 45
+    acc = rng.integers(-200000, 200000, (M, N)).astype(np.int32)
+    rs = rng.uniform(1e-5, 1e-4, M)
+    ws = rng.uniform(0.5, 2, N).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    bounds = np.array([0, 10, 31, N], np.int64) if groups == 3 else np.array([0, N], np.int64)
+    scale, zp = _grid(rng, groups, qmin, qmax, sym)
+    grid = F.OutGrid(bounds, scale, zp, qmin, qmax, dt)
+    y = F.epilogue(acc, rs, ws, bias, act)
+    np.testing.assert_array_equal(F.epilogue_quantize(acc, rs, ws, bias, act, grid),
+                                  quantize_static_grouped(y, bounds, scale, zp, qmin, qmax, dt))
+    x = (rng.standard_normal((M, N)) * 3).astype(np.float32)
+    x_before = x.copy()
+    ref = quantize_static_grouped(x if act is None else F.activation(act, x), bounds, scale, zp, qmin, qmax, dt)
+    np.testing.assert_array_equal(F.activation_quantize(x, act, grid), ref)
+    np.testing.assert_array_equal(x, x_before)  # the input is not modified
+
+
+def test_linear_output_quantizers_reject_non_finite():
+    from npbert.errors import InputError
+
+    grid = F.OutGrid(np.array([0, 4], np.int64), np.float32(0.1), 0, -127, 127, np.int8)
+    x = np.ones((3, 4), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(InputError, match="NaN or Inf in row 2"):
+        F.activation_quantize(x, None, grid)
+    w_inf = np.array([1, 1, np.inf, 1], np.float32)
+    with pytest.raises(InputError, match="NaN or Inf in row 0"):
+        F.epilogue_quantize(np.ones((2, 4), np.int32), 1.0, w_inf, None, None, grid)

@@ -340,6 +340,24 @@ def test_peg_range_split(tiny):
 
 
 @pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range"])
+def test_fused_linear_output_quantizer_is_bit_identical(tiny, recipe, monkeypatch):
+    """Linear outputs quantized in the GEMM's epilogue pass change no bit of the output."""
+    from npbert.kernels import fused
+    from npbert.qmodel import QuantExecutor
+
+    qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    calls = []
+    for fn in ("epilogue_quantize", "activation_quantize"):
+        kernel = getattr(fused, fn)
+        monkeypatch.setattr(fused, fn, lambda *a, _k=kernel: calls.append(1) or _k(*a))
+    fused_out = qm.forward(b).last_hidden_state.copy()
+    assert len(calls) == 6 * tiny.config.num_hidden_layers  # q, k, v, attention output, FF1, FF2 of every layer
+    monkeypatch.setattr(QuantExecutor, "FUSE_LINEAR_QUANT", False)
+    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, fused_out)
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range"])
 def test_fused_residual_layer_norm_is_bit_identical(tiny, recipe, monkeypatch):
     """The one-kernel residual block (integer add -> LayerNorm -> codes) changes no bit of the output."""
     from npbert.qmodel import QuantExecutor
