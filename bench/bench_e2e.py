@@ -597,6 +597,8 @@ PROBES = (
     *(("npbert.kernels.quantize", f, _QUANT) for f in ("quantize_dynamic", "quantize_static", "quantize_static_grouped")),
     *(("npbert.kernels.quantize", f, "residual add") for f in ("add_requant", "add_requant_grouped")),
     ("npbert.kernels.fused", "epilogue", _EPI),
+    *(("npbert.kernels.fused", f, "epilogue + output quantizer (fused)") for f in ("epilogue_quantize", "activation_quantize")),
+    ("npbert.kernels.fused", "residual_layer_norm_quantize", "residual add + LayerNorm"),
     ("npbert.kernels.fused", "activation", "GELU"),
     ("npbert.kernels.fused", "softmax_quantize", "softmax"),
     ("npbert.kernels.fused", "softmax_rows", "softmax"),
@@ -611,7 +613,7 @@ PROBES = (
     ("npbert.qmodel:QuantExecutor", "_matmul", _EPI),
     ("npbert.qmodel:QuantExecutor", "add", "residual add"),
     *(("npbert.qmodel:QuantExecutor", f, _ATT_GLUE) for f in ("attention", "_heads_codes")),
-    *(("npbert.qmodel:QuantExecutor", f, _GLUE) for f in ("linear", "site")),
+    *(("npbert.qmodel:QuantExecutor", f, _GLUE) for f in ("linear", "linear_site", "site")),
 )
 PHASES = {f"{owner}.{attr}": phase for owner, attr, phase in PROBES}  # label -> phase group
 

@@ -557,7 +557,7 @@ class QuantExecutor(Executor):
                 acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt, out=out)
             else:
                 acc = kg.bgemm_s8s8(pc, vt, out=out)
-            ctx = acc.reshape(B, h, T, d).astype(np.float32) * (np.float32(probs_qp.scale) * sv)[:, None, None, None]
+            return fused.merge_heads_scaled(acc, np.float32(probs_qp.scale) * sv, h)  # [B, T, C]
         return ops.merge_heads(ctx)
 
     def _attention_float(self, prefix, q, k, v, bias):

@@ -38,7 +38,7 @@ from npbert.errors import InputError
 from npbert.kernels.quantize import _EXP_ALL_ONES, _add_requant_one, _quantize_static_span
 
 __all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm",
-           "residual_layer_norm_quantize", "OutGrid", "epilogue_quantize", "activation_quantize"]
+           "residual_layer_norm_quantize", "OutGrid", "epilogue_quantize", "activation_quantize", "merge_heads_scaled"]
 
 # Activation codes shared by the epilogue and activation kernels.
 ACT_NONE, ACT_GELU, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
@@ -585,3 +585,33 @@ def residual_layer_norm_quantize(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_sca
     if bad.any():
         raise InputError(f"residual LayerNorm: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
     return out.reshape(a.shape)
+
+
+# ------------------------------------------------------------------------------ attention context
+
+
+@jit(parallel=True, ieee=True)
+def _merge_heads_rows(acc, scale, h, out):
+    """out[b, t, j*d + e] = float32(acc[b*h + j, t, e]) * scale[b]   # [B*h, T, d] -> [B, T, h*d]"""
+    B, T = out.shape[0], out.shape[1]
+    d = acc.shape[2]
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        s = scale[b]
+        o = out[b, t]
+        for j in range(h):
+            a = acc[b * h + j, t]
+            for e in range(d):
+                o[j * d + e] = np.float32(a[e]) * s
+
+
+def merge_heads_scaled(acc: np.ndarray, scale: np.ndarray, heads: int) -> np.ndarray:
+    """ops.merge_heads(acc.astype(float32) * scale[:, None, None, None]) in one pass: the integer
+    attention context int32 [B*h, T, d] with one float32 scale per sequence [B] -> float32 [B, T, h*d]."""
+    acc = np.ascontiguousarray(acc)
+    Bh, T, d = acc.shape
+    B = Bh // heads
+    out = np.empty((B, T, heads * d), np.float32)
+    if out.size:
+        _merge_heads_rows(acc, np.ascontiguousarray(scale, np.float32), heads, out)
+    return out

@@ -249,3 +249,14 @@ def test_linear_output_quantizers_reject_non_finite():
     w_inf = np.array([1, 1, np.inf, 1], np.float32)
     with pytest.raises(InputError, match="NaN or Inf in row 0"):
         F.epilogue_quantize(np.ones((2, 4), np.int32), 1.0, w_inf, None, None, grid)
+
+
+@pytest.mark.parametrize("B,h,T,d", [(1, 1, 1, 1), (2, 3, 5, 4), (3, 12, 17, 32)])
+def test_merge_heads_scaled_equals_numpy(B, h, T, d):
+    rng = _rng(B * h + T)
+    acc = rng.integers(-(2**24), 2**24, (B * h, T, d)).astype(np.int32)
+    scale = rng.uniform(1e-6, 1e-3, B).astype(np.float32)
+    want = ops.merge_heads(acc.reshape(B, h, T, d).astype(np.float32) * scale[:, None, None, None])
+    got = F.merge_heads_scaled(acc, scale, h)
+    assert got.shape == (B, T, h * d)
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
