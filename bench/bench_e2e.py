@@ -65,7 +65,8 @@ MODELS = {
     "bert-base": {"name": "bert-base (random)", "kind": "random", "layers": 12, "hidden": 768, "heads": 12,
                   "ffn": 3072, "vocab": 30522, "seed": 0},
 }
-NPBERT_RECIPES = ("dynamic", "tm-iqr", "w8a8", "w8a8-mp", "peg")
+# the five recipes, and the fastest exact variant: 7-bit per-channel weights on the u8 x s7 vpmaddubsw kernel
+NPBERT_RECIPES = ("dynamic", "tm-iqr", "w8a8", "w8a8-mp", "peg", "dynamic:wbits=7:weights=channel")
 ENGINES = ("npbert-fp32", *(f"npbert-{r}" for r in NPBERT_RECIPES), "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
 INT8_ENGINES = tuple(e for e in ENGINES if not e.endswith("fp32"))
 SECTIONS = ("throughput", "memory", "jit", "cli", "profile")
@@ -997,7 +998,8 @@ def render(payload: dict) -> list[str]:
                 continue
             L.append("")
             L.append(f"{name}, seq {SEQ}: {title}" + (" (higher = faster)" if title.startswith("x") else ""))
-            head = f"{'engine':<16}" + "".join(f"{f'b{b} t{t}':>11}" for b, t in cols)
+            ew = max(16, *(len(e) + 1 for e in table))
+            head = f"{'engine':<{ew}}" + "".join(f"{f'b{b} t{t}':>11}" for b, t in cols)
             if field == "seq_per_s":
                 head += f"{'tok/s@max':>11}  check"
             L.append(head)
@@ -1007,7 +1009,7 @@ def render(payload: dict) -> list[str]:
                     continue
                 cells = "".join(f"{_fmt(table[e].get(c, {}).get(field), spec, 'err' if 'error' in table[e].get(c, {}) else '-'):>11}"
                                 for c in cols)
-                line = f"{e:<16}{cells}"
+                line = f"{e:<{ew}}{cells}"
                 if field == "seq_per_s":
                     line += f"{_fmt(table[e].get(cols[-1], {}).get('tok_per_s'), '.0f'):>11}  {_check_text(payload, key, e)}"
                 L.append(line)

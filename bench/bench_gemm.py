@@ -34,13 +34,14 @@ from numba import prange  # noqa: E402
 
 from npbert._jit import jit, set_num_threads  # noqa: E402
 from npbert.kernels import reference as R  # noqa: E402
-from npbert.kernels._simd import MR, NR, microkernel  # noqa: E402
+from npbert.kernels._simd import HAVE_U8S7, MR, NR, microkernel, microkernel_u8s7  # noqa: E402
 from npbert.kernels.gemm import gemm_s8s8, gemm_s16s8, gemm_u8s8, pack_int8_weight  # noqa: E402
 
 MS = (128, 1024)
 KN = ((384, 1536), (1536, 384), (768, 3072), (3072, 768))
 U8_ZP = 128
 CEILING = "micro-kernel ceiling (L1)"
+CEILING_U8S7 = "micro-kernel ceiling, uint8 x int7 (L1)"
 F32_EXACT = 2**24  # float32 holds every integer below this exactly
 
 
@@ -66,6 +67,25 @@ def ceiling_fn(threads: int):
     tiles = np.empty((threads, MR * NR), np.int32)
     ops = threads * CEIL_REPS * CEIL_PAIRS * MR * NR * 2 * 2
     return (lambda: _ceiling_loop(a16, 2 * CEIL_PAIRS, wp, CEIL_PAIRS, tiles, CEIL_REPS)), ops
+
+
+@jit(parallel=True)
+def _ceiling_u8s7_loop(a8, lda, wq, nquads, corr, tiles, reps):
+    """_ceiling_loop for the uint8 x int7 (vpmaddubsw) micro-kernel."""
+    for t in prange(tiles.shape[0]):
+        for _ in range(reps):
+            microkernel_u8s7(a8, 0, lda, wq, 0, nquads, corr, 0, tiles[t], 0, NR)
+
+
+def ceiling_u8s7_fn(threads: int):
+    """(callable, ops per call) of the u8 x s7 micro-kernel on L1-resident operands (same k as ceiling_fn)."""
+    nq = CEIL_PAIRS // 2
+    a8 = np.ones(MR * 4 * nq, np.uint8)
+    wq = np.ones(4 * NR * nq, np.int8)
+    corr = np.zeros(NR, np.int32)
+    tiles = np.empty((threads, MR * NR), np.int32)
+    ops = threads * CEIL_REPS * nq * MR * NR * 4 * 2
+    return (lambda: _ceiling_u8s7_loop(a8, 4 * nq, wq, nq, corr, tiles, CEIL_REPS)), ops
 
 
 # ---------------------------------------------------------------------------------------------- peers
@@ -154,6 +174,7 @@ def main():
 
     print(f"threads={threads} repeats={args.repeats}")
     ceil_call, ceil_ops = ceiling_fn(threads)
+    ceil7_call, ceil7_ops = ceiling_u8s7_fn(threads)
     rng = np.random.default_rng(0)
     rows, all_ok, inexact_notes = [], True, {}
     for M in (MS[:1] if args.quick else MS):
@@ -179,6 +200,15 @@ def main():
             fns["npbert gemm_u8s8"] = lambda: gemm_u8s8(au, U8_ZP, pw)
             check("npbert gemm_s16s8", gemm_s16s8(a16, pw), ref16, oks)
             fns["npbert gemm_s16s8"] = lambda: gemm_s16s8(a16, pw)
+            if HAVE_U8S7:
+                # 7-bit weights (recipe option wbits=7): quad panels and the uint8 x int7 vpmaddubsw
+                # kernel, exact because no int16 pair sum can saturate (kernels/_simd.py)
+                w7 = (w >> 1).astype(np.int8)  # [-64, 63]
+                pw7 = pack_int8_weight(w7)
+                check("npbert gemm_s8s8, 7-bit weights", gemm_s8s8(a8, pw7), R.gemm_s8s8_ref(a8, w7), oks)
+                fns["npbert gemm_s8s8, 7-bit weights"] = lambda: gemm_s8s8(a8, pw7)
+                check("npbert gemm_u8s8, 7-bit weights", gemm_u8s8(au, U8_ZP, pw7), R.gemm_u8s8_ref(au, U8_ZP, w7), oks)
+                fns["npbert gemm_u8s8, 7-bit weights"] = lambda: gemm_u8s8(au, U8_ZP, pw7)
 
             # NumPy float32 on the same integer values: exact while every partial sum is < 2^24
             af, wfT = a8.astype(np.float32), w.astype(np.float32).T
@@ -228,13 +258,15 @@ def main():
             print(f"M={M} K={K} N={N}: checks {'pass' if not bad else 'FAIL ' + str(bad)} (reference {t_ref:.1f} s)", flush=True)
             # the micro-kernel on L1-resident operands, sampled in the same rotation: this shape's ceiling
             fns[CEILING] = ceil_call
+            if HAVE_U8S7:
+                fns[CEILING_U8S7] = ceil7_call
             la = _util.loadavg()
             timings = _util.time_round_robin(fns, repeats=args.repeats)
             noisy = {k: (t["retaken_samples"], t["contaminated_samples_kept"]) for k, t in timings.items() if t["retaken_samples"]}
             if noisy:
                 print(f"   samples retaken because other processes used the CPU (retaken, kept anyway): {noisy}")
             for name, t in timings.items():
-                n_ops = ceil_ops if name == CEILING else ops
+                n_ops = {CEILING: ceil_ops, CEILING_U8S7: ceil7_ops}.get(name, ops)
                 rows.append({**shape, "kernel": name, "exact": oks.get(name), **t, "gops": n_ops / t["median_s"] / 1e9, "loadavg_before": la})
 
     print("all results match" if all_ok else "SOME RESULTS DO NOT MATCH (see above)")
@@ -259,11 +291,13 @@ COLS = [
     ("npbert gemm_s8s8", "s8s8"),
     ("npbert gemm_u8s8", "u8s8"),
     ("npbert gemm_s16s8", "s16s8"),
+    ("npbert gemm_s8s8, 7-bit weights", "s8s7"),
     ("ORT MatMulInteger s8s8", "ORT s8s8"),
     ("ORT MatMulInteger u8s8", "ORT u8s8*"),
     ("torch dynamic linear", "torch dyn"),
     ("numpy f32 matmul", "np f32"),
     (CEILING, "ceil"),
+    (CEILING_U8S7, "ceil s7"),
 ]
 
 
@@ -272,7 +306,7 @@ def print_table(rows) -> list[str]:
     g = {(r["M"], r["K"], r["N"], r["kernel"]): r["gops"] for r in rows}
     cols = [c for c in COLS if any(k == c[0] for *_, k in g)]
     head = f"{'M':>5} {'K':>5} {'N':>5} | " + " ".join(f"{c[1]:>9}" for c in cols)
-    head += " | s8s8/ORTs8 s8s8/ORTu8 u8s8/ORTu8 s8s8/npf32 s8s8/ceil"
+    head += " | s8s8/ORTs8 s8s8/ORTu8 u8s8/ORTu8 s8s7/ORTu8 s8s8/npf32 s8s8/ceil"
     lines = ["GOP/s (2*M*N*K / median s); ceil = the micro-kernel on L1-resident operands, same rotation", head, "-" * len(head)]
     for M, K, N in shapes:
         vals = [g.get((M, K, N, c[0])) for c in cols]
@@ -287,6 +321,7 @@ def print_table(rows) -> list[str]:
                 ratio("npbert gemm_s8s8", "ORT MatMulInteger s8s8"),
                 ratio("npbert gemm_s8s8", "ORT MatMulInteger u8s8"),
                 ratio("npbert gemm_u8s8", "ORT MatMulInteger u8s8"),
+                ratio("npbert gemm_s8s8, 7-bit weights", "ORT MatMulInteger u8s8"),
                 ratio("npbert gemm_s8s8", "numpy f32 matmul"),
                 f"{100 * g.get((M, K, N, 'npbert gemm_s8s8'), 0) / g[(M, K, N, CEILING)]:9.0f} %",
             ]

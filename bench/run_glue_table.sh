@@ -3,9 +3,10 @@
 # zero-shot similarity tasks of the sentence encoders. Static recipes calibrate on a seeded sample of
 # 512 train rows (never on dev). Results: bench/results/glue/*.json and bench/results/glue/TABLE.md.
 #   bash bench/run_glue_table.sh            # from the repo root, with the venv active
+#   OUT=bench/results/glue-wbits7 RECIPES=... bash bench/run_glue_table.sh   # another recipe set
 set -euo pipefail
 SHARED=${SHARED:-../shared}
-OUT=bench/results/glue
+OUT=${OUT:-bench/results/glue}
 RECIPES=${RECIPES:-fp32,dynamic,tm-iqr,w8a8,w8a8-mp,peg,peg:permute=0,dynamic:weights=channel,tm-iqr:weights=channel,w8a8-mp:weights=channel,peg:weights=channel}
 mkdir -p "$OUT"
 for pair in sst2:SST-2 cola:CoLA mrpc:MRPC stsb:STS-B rte:RTE; do

@@ -217,3 +217,93 @@ def microkernel_finish(a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d
 
 
 microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as its tested twin
+
+
+# --------------------------------------------------------------- the uint8 x int7 micro-kernel (vpmaddubsw)
+#
+# Quad panels: wq[j, q, c, t] = w[16j + c, 4q + t] (int8, 64 bytes per k-quad, zero padded). Per k-quad q
+# and row r: b = splat<8 x i32>(a8[r, 4q:4q+4]) as <32 x i8>; for each half h (columns 8h..8h+7)
+#     s16 = pmaddubsw(b, wq[q, 8h:8h+8, :])   (uint8 x int8 -> int16 pair sums, SATURATING)
+#     acc[r, h] += pmaddwd(s16, 1)             (adjacent int16 pairs -> int32: the 4-term dot product)
+# and at the end out = acc - corr (corr[n] = zp * sum_k w[n, k]: the zero-point correction).
+# Exact only because no pair sum saturates: |a0 w0 + a1 w1| <= 2 * 255 * 64 = 32640 <= 32767 needs
+# w in [-64, 63] (7-bit weights); PackedInt8Weight chooses quad panels only for such weights. The
+# instruction has no portable IR pattern, so this kernel calls the x86 AVX2 intrinsics and exists only
+# where the host has AVX2 (HAVE_U8S7).
+
+try:
+    from llvmlite import binding as _llvm_binding  # noqa: E402
+
+    HAVE_U8S7 = bool(_llvm_binding.get_host_cpu_features().get("avx2", False))
+except Exception:  # pragma: no cover - feature query unavailable: stay on the portable kernel
+    HAVE_U8S7 = False
+
+
+@njit
+def microkernel_u8s7_numba(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo):
+    """Plain-Numba twin of the u8 x s7 kernel (exact int arithmetic, no saturation modelled: the
+    callers' operands never saturate)."""
+    for r in range(MR):
+        for c in range(NR):
+            s = np.int32(0)
+            for q in range(nquads):
+                for t in range(4):
+                    s += np.int32(a8[a_off + r * lda + 4 * q + t]) * np.int32(wq[w_off + 64 * q + 4 * c + t])
+            out[o_off + r * ldo + c] = s - corr[c_off + c]
+
+
+@intrinsic
+def _microkernel_u8s7_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo):
+    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+            and _is_flat(out, types.int32)):
+        return None
+    sig = types.void(a8, types.intp, types.intp, wq, types.intp, types.intp, corr, types.intp, out, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        mod = builder.module
+        i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+        pmaddubsw = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+        pmaddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+        arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
+        a_off_v, lda_v, w_off_v, nq_v = args[1], args[2], args[4], args[5]
+        a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [a_off_v])
+        w_base = builder.gep(builder.bitcast(arr(3).data, i8.as_pointer()), [w_off_v])
+        rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
+        ones = ir.Constant(v16i16, [1] * 16)
+        undef8 = ir.Constant(v8i32, ir.Undefined)
+        splat0 = ir.Constant(v8i32, [0] * 8)
+        with cgutils.for_range(builder, nq_v) as loop:
+            q = loop.index
+            wq_q = builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))])
+            wv = [builder.load(builder.bitcast(builder.gep(wq_q, [ir.Constant(i64, 32 * h)]), v32i8.as_pointer()), align=1)
+                  for h in range(2)]
+            q4 = builder.shl(q, ir.Constant(i64, 2))
+            for r in range(MR):
+                quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+                b = builder.shuffle_vector(builder.insert_element(undef8, quad, ir.Constant(i32, 0)), undef8, splat0)
+                b8 = builder.bitcast(b, v32i8)
+                for h in range(2):
+                    s32 = builder.call(pmaddwd, [builder.call(pmaddubsw, [b8, wv[h]]), ones])
+                    acc = accs[2 * r + h]
+                    builder.store(builder.add(builder.load(acc), s32), acc)
+        c_base = builder.gep(builder.bitcast(arr(6).data, i32.as_pointer()), [args[7]])
+        cv = [builder.load(builder.bitcast(builder.gep(c_base, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer()), align=4)
+              for h in range(2)]
+        o_base = builder.gep(builder.bitcast(arr(8).data, i32.as_pointer()), [args[9]])
+        for r in range(MR):
+            o_row = builder.gep(o_base, [builder.mul(args[10], ir.Constant(i64, r))])
+            for h in range(2):
+                dst = builder.bitcast(builder.gep(o_row, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer())
+                builder.store(builder.sub(builder.load(accs[2 * r + h]), cv[h]), dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def microkernel_u8s7(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo):
+    """out[o_off + r*ldo + c] = sum_{k < 4 nquads} a8[a_off + r*lda + k] * w[c, k] - corr[c_off + c] for the
+    4 x 16 tile (a8 uint8, wq int8 quad panels of weights in [-64, 63], corr/out int32)."""
+    _microkernel_u8s7_ir(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo)

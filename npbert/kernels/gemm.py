@@ -36,7 +36,7 @@ from numba import prange
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import MR, NR, _microkernel_finish_ir, _microkernel_scaled_ir, microkernel
+from npbert.kernels._simd import HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_scaled_ir, microkernel, microkernel_u8s7
 from npbert.kernels.fused import ACT_CODES, activation
 
 __all__ = [
@@ -64,31 +64,46 @@ S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 213
 class PackedInt8Weight:
     """An int8 weight [N, K] (HF Linear layout) packed for the GEMM kernels, packed once at load time.
 
-    Attributes: n, k; panels (int8 [NP*KP*32], see the module docstring: the only copy of the
-    weights kept); row_sums (int32 [N], sum_k w[n, k], for zero-point correction:
+    Attributes: n, k; layout: "pairs" (int8 [NP*KP*32], see the module docstring) or "quads"
+    (int8 [NP*KQ*64], quads[j, q, c, t] = w[16j + c, 4q + t], for the uint8 x int7 vpmaddubsw kernel;
+    only for weights in [-64, 63], see _simd.py); panels: the only copy of the weights kept;
+    row_sums (int32 [N], sum_k w[n, k], for zero-point correction:
     sum_k (a - z) w = sum_k a w - z * row_sums); w (property: the int8 [N, K] unpacked from the
     panels on each access, read-only; for the reference twins, simulation and saving).
+    layout="auto" picks quads where the weights fit 7 bits and the CPU has AVX2, else pairs.
     """
 
-    __slots__ = ("n", "k", "kp", "panels", "row_sums", "_groups")
+    __slots__ = ("n", "k", "kp", "kq", "layout", "panels", "row_sums", "_groups")
 
-    def __init__(self, w: np.ndarray):
+    def __init__(self, w: np.ndarray, layout: str = "auto"):
         w = C.array(w, "w", (np.int8,), 2)
         N, K = w.shape
         self.n, self.k = int(N), int(K)
         self.kp = (K + 1) // 2
+        self.kq = (K + 3) // 4
+        fits7 = w.size > 0 and int(w.min()) >= -64 and int(w.max()) <= 63
+        if layout == "auto":
+            layout = "quads" if (fits7 and HAVE_U8S7) else "pairs"
+        if layout not in ("pairs", "quads"):
+            raise QuantError(f"layout must be 'auto', 'pairs' or 'quads', got {layout!r}")
+        if layout == "quads" and not (fits7 and HAVE_U8S7):
+            raise QuantError("quad panels need weights in [-64, 63] (7 bits) and an AVX2 CPU")
+        self.layout = layout
         NP = -(-N // NR)
-        buf = np.zeros((NP * NR, 2 * self.kp), dtype=np.int8)  # [Npad, 2*KP]
+        per = 2 if layout == "pairs" else 4  # k values per group (pair / quad)
+        ng = self.kp if layout == "pairs" else self.kq
+        buf = np.zeros((NP * NR, per * ng), dtype=np.int8)  # [Npad, Kpad]
         buf[:N, :K] = w
-        # [NP, NR, KP, 2] -> [NP, KP, NR, 2]: panel-major, then k-pair, then column, then pair member
-        self.panels = np.ascontiguousarray(buf.reshape(NP, NR, self.kp, 2).transpose(0, 2, 1, 3)).reshape(-1)
+        # [NP, NR, ng, per] -> [NP, ng, NR, per]: panel-major, then k-group, then column, then member
+        self.panels = np.ascontiguousarray(buf.reshape(NP, NR, ng, per).transpose(0, 2, 1, 3)).reshape(-1)
         self.row_sums = w.sum(axis=1, dtype=np.int64).astype(np.int32)  # |sum| <= 128 K fits int32
         self._groups = {}
 
     @property
     def w(self) -> np.ndarray:
         NP = -(-self.n // NR)
-        buf = self.panels.reshape(NP, self.kp, NR, 2).transpose(0, 2, 1, 3).reshape(NP * NR, 2 * self.kp)
+        per, ng = (2, self.kp) if self.layout == "pairs" else (4, self.kq)
+        buf = self.panels.reshape(NP, ng, NR, per).transpose(0, 2, 1, 3).reshape(NP * NR, per * ng)
         w = np.ascontiguousarray(buf[: self.n, : self.k])
         w.flags.writeable = False
         return w
@@ -97,13 +112,23 @@ class PackedInt8Weight:
     def shape(self) -> tuple[int, int]:
         return (self.n, self.k)
 
+    def pairs(self) -> "PackedInt8Weight":
+        """This weight in pair panels (itself, or a repack cached on first use: the int16-activation
+        and per-group kernels need pairs)."""
+        if self.layout == "pairs":
+            return self
+        p = self._groups.get(b"pairs")
+        if p is None:
+            p = self._groups[b"pairs"] = PackedInt8Weight(self.w, "pairs")
+        return p
+
     def group_packs(self, bounds: np.ndarray) -> list["PackedInt8Weight"]:
-        """Packed column slices w[:, bounds[g]:bounds[g+1]], one per group, cached per bounds."""
+        """Packed column slices w[:, bounds[g]:bounds[g+1]] (pair panels), one per group, cached per bounds."""
         key = bounds.tobytes()
         packs = self._groups.get(key)
         if packs is None:
             w = self.w
-            packs = [PackedInt8Weight(w[:, int(bounds[g]) : int(bounds[g + 1])]) for g in range(len(bounds) - 1)]
+            packs = [PackedInt8Weight(w[:, int(bounds[g]) : int(bounds[g + 1])], "pairs") for g in range(len(bounds) - 1)]
             self._groups[key] = packs
         return packs
 
@@ -120,12 +145,13 @@ class PackedInt8Weight:
         return lay
 
     def __repr__(self) -> str:
-        return f"PackedInt8Weight(n={self.n}, k={self.k})"
+        return f"PackedInt8Weight(n={self.n}, k={self.k}, layout={self.layout!r})"
 
 
-def pack_int8_weight(w) -> PackedInt8Weight:
-    """Pack an int8 [N, K] weight (read-only / non-contiguous / memory-mapped accepted)."""
-    return PackedInt8Weight(w)
+def pack_int8_weight(w, layout: str = "auto") -> PackedInt8Weight:
+    """Pack an int8 [N, K] weight (read-only / non-contiguous / memory-mapped accepted); layout
+    "auto" (quads for 7-bit weights on AVX2, else pairs), "pairs" or "quads"."""
+    return PackedInt8Weight(w, layout)
 
 
 def _as_packed(w) -> PackedInt8Weight:
@@ -317,6 +343,43 @@ def _axpy_rows(y, s, acc):
             y[m, n] += s * np.float64(acc[m, n])
 
 
+@jit(parallel=True)
+def _to_u8(a, flip, mpad, lda, out):
+    """out[i*lda + k] = uint8(a[i, k]) ^ flip (flip 0x80 turns int8 a into a + 128), zero padded
+    to mpad rows and lda columns.   # a int8/uint8 [M, K] -> out uint8 flat [mpad*lda]"""
+    M, K = a.shape
+    for i in prange(mpad):
+        dst = out[i * lda : (i + 1) * lda]
+        if i < M:
+            src = a[i]
+            for k in range(K):
+                dst[k] = np.uint8(src[k]) ^ flip
+            for k in range(K, lda):
+                dst[k] = 0
+        else:
+            for k in range(lda):
+                dst[k] = 0
+
+
+@jit(parallel=True)
+def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, out_flat):
+    """out[m, n] = a8[:m] @ W.T - corr over kq k-quads (u8 x s7 micro-kernel); corr int32 [NP*16]."""
+    NP = (n + NR - 1) // NR
+    for j in prange(NP):
+        tile = np.empty(MR * NR, dtype=np.int32)
+        n0 = j * NR
+        nn = min(NR, n - n0)
+        for i0 in range(0, m, MR):
+            mm = min(MR, m - i0)
+            if mm == MR and nn == NR:
+                microkernel_u8s7(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, out_flat, i0 * n + n0, n)
+                continue
+            microkernel_u8s7(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, tile, 0, NR)
+            for r in range(mm):
+                for c in range(nn):
+                    out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
+
+
 # ---------------------------------------------------------------------------------------- wrappers
 
 
@@ -359,6 +422,35 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
     return out
 
 
+def _a8_scratch(n: int) -> np.ndarray:
+    """The uint8 twin of _a16_scratch (activations for the quad kernel)."""
+    buf = getattr(_SCRATCH, "a8", None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.a8 = np.empty(max(n, 1 << 16), dtype=np.uint8)
+    return buf[:n]
+
+
+def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out=None):
+    """int32 [M, N] = sum_k (a - zp) w with quad panels: int8 a is offset to uint8 (a + 128, so the
+    zero point becomes zp + 128), then sum_k a_u8 w - zp_u8 * row_sums in the micro-kernel's store."""
+    M = a.shape[0]
+    N, kq = pw.n, pw.kq
+    out = _out(out, M, N, np.int32, "gemm")
+    if M == 0 or N == 0 or kq == 0:
+        out[...] = 0
+        return out
+    flip, zp_u8 = (np.uint8(0x80), zp + 128) if a.dtype == np.int8 else (np.uint8(0), zp)
+    lda = 4 * kq
+    mpad = -(-M // MR) * MR
+    a8 = _a8_scratch(mpad * lda)
+    _to_u8(a, flip, mpad, lda, a8)
+    NP = -(-N // NR)
+    corr = np.zeros(NP * NR, np.int32)
+    corr[:N] = np.int32(zp_u8) * pw.row_sums  # |zp * sum| <= 255 * 64 * K: int32 for K <= K_MAX_U8S8
+    _gemm_quads_core(a8, lda, M, pw.panels, kq, N, corr, out.reshape(-1))
+    return out
+
+
 def _check_mk(a: np.ndarray, pw: PackedInt8Weight, name: str):
     if a.shape[1] != pw.k:
         raise InputError(f"{name}: a has K={a.shape[1]} columns but w is [N={pw.n}, K={pw.k}]; pass a [M, {pw.k}]")
@@ -386,6 +478,9 @@ def gemm_s8s8(a, w, out=None) -> np.ndarray:
     a = C.as_c(C.array(a, "a", (np.int8,), 2))
     _check_mk(a, pw, "gemm_s8s8")
     _check_k(pw.k, K_MAX_S8S8, "gemm_s8s8")
+    if pw.layout == "quads":
+        _check_k(pw.k, K_MAX_U8S8, "gemm_s8s8 (7-bit weights: a is offset to uint8)")
+        return _run_quads(a, 0, pw, out)
     return _run(a, 0, 0, pw.k, pw, np.int32, None, out)
 
 
@@ -398,6 +493,8 @@ def gemm_u8s8(a, a_zero_point: int, w, out=None) -> np.ndarray:
     a = C.as_c(C.array(a, "a", (np.uint8,), 2))
     _check_mk(a, pw, "gemm_u8s8")
     _check_k(pw.k, K_MAX_U8S8, "gemm_u8s8")
+    if pw.layout == "quads":
+        return _run_quads(a, zp, pw, out)
     return _run(a, zp, 0, pw.k, pw, np.int32, None, out)
 
 
@@ -414,7 +511,7 @@ def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
         raise QuantError(f"a_zero_point={zp}: pass a zero point in the int32 range")
     a = C.as_c(C.array(a, "a", (np.int16,), 2))
     _check_mk(a, pw, "gemm_s16s8")
-    out = _run(a, 0, 0, pw.k, pw, np.int64, S16_BLOCK_PAIRS)
+    out = _run(a, 0, 0, pw.k, pw.pairs(), np.int64, S16_BLOCK_PAIRS)
     if zp != 0:
         out -= np.int64(zp) * pw.row_sums.astype(np.int64)[None, :]
     return out

@@ -15,7 +15,8 @@ import pytest
 from npbert.errors import InputError, QuantError
 from npbert.kernels import gemm as G
 from npbert.kernels import reference as R
-from npbert.kernels._simd import MR, NR, microkernel_finish, microkernel_ir, microkernel_numba, microkernel_scaled
+from npbert.kernels._simd import (HAVE_U8S7, MR, NR, microkernel_finish, microkernel_ir, microkernel_numba, microkernel_scaled,
+                                  microkernel_u8s7, microkernel_u8s7_numba)
 from npbert.kernels.gemm import (
     bgemm_s8s8,
     bgemm_u8s8,
@@ -107,6 +108,74 @@ def test_scaled_and_finishing_microkernels_equal_the_twin_then_numpy(npairs):
     for r in range(MR):
         written[d_off + r * ldd : d_off + r * ldd + NR] = True
     assert np.all(dst[~written] == 7)
+
+
+needs_u8s7 = pytest.mark.skipif(not HAVE_U8S7, reason="the uint8 x int7 kernel needs an AVX2 CPU")
+
+
+def _i7(rng, shape):
+    return rng.integers(-64, 64, shape).astype(np.int8)
+
+
+@needs_u8s7
+@pytest.mark.parametrize("nquads", [0, 1, 5, 96])
+def test_microkernel_u8s7_equals_numba_twin(nquads):
+    rng = _rng(200 + nquads)
+    lda = 4 * nquads + 8
+    a = _u8(rng, 5 + MR * lda + 8)
+    w = _i7(rng, 16 + 64 * nquads + 8)
+    corr = rng.integers(-1000, 1000, 40).astype(np.int32)
+    o1, o2 = np.full(80, 7, np.int32), np.full(80, 7, np.int32)
+    microkernel_u8s7(a, 5, lda, w, 16, nquads, corr, 3, o1, 2, 17)
+    microkernel_u8s7_numba(a, 5, lda, w, 16, nquads, corr, 3, o2, 2, 17)
+    _eq(o1, o2)
+
+
+@needs_u8s7
+@pytest.mark.parametrize("wv", [-64, 63])
+def test_microkernel_u8s7_extreme_pairs_do_not_saturate(wv):
+    """vpmaddubsw saturates int16 pair sums; at the 7-bit extremes a pair is 2 * 255 * 64 = 32640 < 2^15."""
+    nq = 64
+    a = np.full(MR * 4 * nq, 255, np.uint8)
+    w = np.full(64 * nq, wv, np.int8)
+    o = np.empty(MR * NR, np.int32)
+    microkernel_u8s7(a, 0, 4 * nq, w, 0, nq, np.zeros(NR, np.int32), 0, o, 0, NR)
+    assert np.all(o == 255 * wv * 4 * nq)
+
+
+@needs_u8s7
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_quads_exact(m, n, k):
+    """7-bit weights are packed in quad panels (auto) and run the u8 x s7 kernel: exact, as the twins."""
+    rng = _rng(m * 7 + n * 13 + k)
+    w = _i7(rng, (n, k))
+    pw = pack_int8_weight(w)
+    assert pw.layout == "quads" and np.array_equal(pw.w, w)
+    a8, au = _i8(rng, (m, k)), _u8(rng, (m, k))
+    _eq(gemm_s8s8(a8, pw), R.gemm_s8s8_ref(a8, w))
+    for zp in (0, 77, 255):
+        _eq(gemm_u8s8(au, zp, pw), R.gemm_u8s8_ref(au, zp, w))
+    # the extremes of both operands at once
+    amax = np.full((m, k), 255, np.uint8)
+    wmin = np.full((n, k), -64, np.int8)
+    _eq(gemm_u8s8(amax, 0, wmin), R.gemm_u8s8_ref(amax, 0, wmin))
+    a16 = rng.integers(-3000, 3000, (m, k)).astype(np.int16)
+    _eq(gemm_s16s8(a16, pw, 11), R.gemm_s16s8_ref(a16, w, 11))  # falls back to pair panels
+
+
+def test_pack_layouts():
+    rng = _rng(5)
+    w8, w7 = _i8(rng, (20, 30)), _i7(rng, (20, 30))
+    assert pack_int8_weight(w8).layout == "pairs"
+    assert pack_int8_weight(w7, "pairs").layout == "pairs"
+    with pytest.raises(QuantError, match=r"quad panels need weights in \[-64, 63\]"):
+        pack_int8_weight(w8, "quads")
+    with pytest.raises(QuantError, match="layout must be"):
+        pack_int8_weight(w7, "triples")
+    if HAVE_U8S7:
+        pq = pack_int8_weight(w7)
+        assert pq.layout == "quads" and pq.panels.nbytes == 32 * 32  # 2 panels x 8 quads x 64 bytes
+        assert pq.pairs().layout == "pairs" and np.array_equal(pq.pairs().w, w7)
 
 
 def test_microkernel_extreme_pairs_do_not_wrap():

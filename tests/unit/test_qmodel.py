@@ -50,7 +50,7 @@ def _int_vs_sim(model, texts, recipe):
 
 # The option sets the MPNet similarity table reports (bench/run_sim_table.sh), besides the base recipes.
 OPTION_VARIANTS = ["w8a8-mp:weights=channel:west=minmax:ff2bits=16", "peg:groups=4:weights=channel:west=minmax:ff2bits=16",
-                   "peg:split=range"]
+                   "peg:split=range", "dynamic:wbits=7:weights=channel", "w8a8-mp:wbits=7", "peg:wbits=7"]
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES) + OPTION_VARIANTS)
@@ -120,7 +120,7 @@ def test_peg_permutation_is_folded_and_undone(tiny):
 
 
 def test_save_load_bit_identical(tiny, tmp_path):
-    for recipe in [*RECIPES, "dynamic:emb=int8", "peg:emb=int8", "peg:split=range"]:
+    for recipe in [*RECIPES, "dynamic:emb=int8", "peg:emb=int8", "peg:split=range", "dynamic:wbits=7"]:
         qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
         out = qm.save(tmp_path / recipe)
         re = load_quantized(out)
@@ -373,3 +373,18 @@ def test_fused_residual_layer_norm_is_bit_identical(tiny, recipe, monkeypatch):
     assert len(calls) == 2 * tiny.config.num_hidden_layers  # both residual blocks of every layer took it
     monkeypatch.setattr(QuantExecutor, "FUSE_RESIDUAL_LN", False)
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, fused_out)
+
+
+def test_seven_bit_weights_pick_the_quad_kernel(tiny):
+    """wbits=7: every weight code on [-63, 63]; where the CPU has AVX2 they are packed as quads, so
+    8-bit activations run the uint8 x int7 kernel (16-bit ones use a cached pair repack)."""
+    from npbert.kernels._simd import HAVE_U8S7
+
+    qm = quantize_model(tiny, "dynamic:wbits=7:weights=channel", calibration=TINY_TEXTS)
+    for w in qm.qweights.values():
+        q = w.q
+        assert -63 <= q.min() and q.max() <= 63 and np.abs(q).max() == 63  # the 7-bit grid, used to its ends
+        assert w.packed.layout == ("quads" if HAVE_U8S7 else "pairs")
+    assert {w.packed.layout for w in quantize_model(tiny, "dynamic").qweights.values()} == {"pairs"}
+    with pytest.raises(QuantError, match="bad option 'wbits=6'"):
+        get_recipe("dynamic:wbits=6")
