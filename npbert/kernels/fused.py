@@ -336,15 +336,21 @@ def _sum64(x):
 def _max32(x):
     """max of float32 x [K] (K >= 1), eight interleaved partial maxima (see _sum64)."""
     K = x.shape[0]
-    m = np.full(8, x[0], np.float32)
+    # eight scalars, not an 8-array: an array is a heap allocation per call (per softmax row)
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
     k8 = K - K % 8
     for k in range(0, k8, 8):
-        for j in range(8):
-            v = x[k + j]
-            m[j] = v if v > m[j] else m[j]
-    mx = m[0]
-    for j in range(1, 8):
-        mx = m[j] if m[j] > mx else mx
+        m0 = x[k] if x[k] > m0 else m0
+        m1 = x[k + 1] if x[k + 1] > m1 else m1
+        m2 = x[k + 2] if x[k + 2] > m2 else m2
+        m3 = x[k + 3] if x[k + 3] > m3 else m3
+        m4 = x[k + 4] if x[k + 4] > m4 else m4
+        m5 = x[k + 5] if x[k + 5] > m5 else m5
+        m6 = x[k + 6] if x[k + 6] > m6 else m6
+        m7 = x[k + 7] if x[k + 7] > m7 else m7
+    mx = m0
+    for v in (m1, m2, m3, m4, m5, m6, m7):
+        mx = v if v > mx else mx
     for k in range(k8, K):
         mx = x[k] if x[k] > mx else mx
     return mx
