@@ -70,6 +70,20 @@ def test_gemm_s8s8_u8s8_exact(data, m, n, k, packed):
 
 
 @settings(deadline=None, max_examples=EXAMPLES)
+@given(st.data(), dim, dim, dim)
+def test_gemm_seven_bit_weights_exact(data, m, n, k):
+    """Weights in [-64, 63] pack as quads (on AVX2) and run the saturating vpmaddubsw kernel: still
+    exact for every int8 / uint8 activation and zero point, the extremes included."""
+    w = np.clip(_fill(data.draw, np.int8, (n, k)), -64, 63).astype(np.int8)
+    pw = pack_int8_weight(_layout(data.draw, w))
+    a = _layout(data.draw, _fill(data.draw, np.int8, (m, k)))
+    assert np.array_equal(gemm_s8s8(a, pw), R.gemm_s8s8_ref(a, w))
+    au = _layout(data.draw, _fill(data.draw, np.uint8, (m, k)))
+    zp = data.draw(st.integers(0, 255))
+    assert np.array_equal(gemm_u8s8(au, zp, pw), (au.astype(np.int64) - zp) @ w.astype(np.int64).T)
+
+
+@settings(deadline=None, max_examples=EXAMPLES)
 @given(st.data(), dim, dim, st.one_of(dim, st.integers(500, 1100)), st.integers(-(2**16), 2**16))
 def test_gemm_s16s8_exact(data, m, n, k, zp):
     a = _layout(data.draw, _fill(data.draw, np.int16, (m, k)))
