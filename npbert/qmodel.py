@@ -22,6 +22,7 @@ import fnmatch
 import json
 import re
 import threading
+import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -285,7 +286,8 @@ class QTensor:
 
 @dataclasses.dataclass
 class QWeight:
-    """An int8 linear weight: the packed panels are its only stored copy (one byte per weight)."""
+    """An int8 linear weight: the packed panels are its stored copy (one byte per weight; kernels that
+    need another layout cache a repack, see PackedInt8Weight)."""
 
     scale: np.ndarray  # float32 [N] (per-tensor scales broadcast)
     bias: np.ndarray | None  # float32 [N]
@@ -461,7 +463,7 @@ class QuantExecutor(Executor):
         w = self.qm.qweights.get(name)
         oqp = self.qm.site_qparams.get(out_site)
         if (not self.FUSE_LINEAR_QUANT or self.sim or w is None or oqp is None or oqp.granularity not in ("tensor", "group")
-                or oqp.perm is not None or oqp.axis not in (None, -1)):
+                or oqp.perm is not None or oqp.axis not in (None, -1) or np.dtype(oqp.int_dtype) not in _GRID_CODES):
             return super().linear_site(name, x, in_site, out_site, act)
         if isinstance(x, QTensor):
             if x.qp.granularity not in ("tensor", "group"):
@@ -475,7 +477,7 @@ class QuantExecutor(Executor):
             lead = np.shape(x)[:-1]
             (codes, row_scale), qp = self._dynamic(in_site, x, spec), None
         N = w.packed.n
-        grid = fused.OutGrid(_out_groups(oqp, N), oqp.scale, oqp.zero_point, oqp.qmin, oqp.qmax, oqp.int_dtype)
+        grid = _out_grid(oqp, N)
         if qp is not None and qp.granularity == "group":
             role = "out:" + name.split(".", 3)[-1]
             y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, None,
@@ -633,7 +635,25 @@ def _fusable_residual(a, b, qp: QParams, out_qp: QParams | None) -> bool:
     if out_qp is None or not (isinstance(a, QTensor) and isinstance(b, QTensor)):
         return False
     qps = (a.qp, b.qp, qp, out_qp)
-    return all(p.granularity in ("tensor", "group") and p.perm is None and p.axis in (None, -1) for p in qps)
+    # the dtypes the unfused integer add and quantizer accept (add_requant, quantize_static_grouped)
+    return (all(p.granularity in ("tensor", "group") and p.perm is None and p.axis in (None, -1) for p in qps)
+            and all(t.q.dtype in _ADD_CODES for t in (a, b)) and np.dtype(qp.int_dtype) in _ADD_CODES
+            and np.dtype(out_qp.int_dtype) in _GRID_CODES)
+
+
+_GRIDS: "weakref.WeakKeyDictionary[QParams, fused.OutGrid]" = weakref.WeakKeyDictionary()
+
+
+def _out_grid(qp: QParams, N: int) -> "fused.OutGrid":
+    """qp as the fused kernels' OutGrid over N columns, built (and checked) once per QParams."""
+    grid = _GRIDS.get(qp)
+    if grid is None or grid.bounds[-1] != N:
+        grid = _GRIDS[qp] = fused.OutGrid(_out_groups(qp, N), qp.scale, qp.zero_point, qp.qmin, qp.qmax, qp.int_dtype)
+    return grid
+
+
+_ADD_CODES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
+_GRID_CODES = (*_ADD_CODES, np.dtype(np.uint16))
 
 
 def _residual_ln_int(a: QTensor, b: QTensor, qp: QParams, out_qp: QParams, gamma, beta, eps) -> np.ndarray:

@@ -137,7 +137,7 @@ def _microkernel_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, out, o_off, l
 @intrinsic
 def _microkernel_scaled_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s):
     """yt[r*16 + c] += s * float64(tile[r, c]) straight from the accumulator registers (no int32 tile
-    round trip): each product is exact in float64 (int32 x float32-valued scale), one rounding per add."""
+    round trip): the same float64 multiply and add, in the same order, as the NumPy reference."""
     if not (_is_flat(a16, types.int16) and _is_flat(wp, types.int8) and _is_flat(yt, types.float64)):
         return None
     sig = types.void(a16, types.intp, types.intp, wp, types.intp, types.intp, yt, types.float64)
@@ -229,14 +229,28 @@ microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as
 # Exact only because no pair sum saturates: |a0 w0 + a1 w1| <= 2 * 255 * 64 = 32640 <= 32767 needs
 # w in [-64, 63] (7-bit weights); PackedInt8Weight chooses quad panels only for such weights. The
 # instruction has no portable IR pattern, so this kernel calls the x86 AVX2 intrinsics and exists only
-# where the host has AVX2 (HAVE_U8S7).
+# where numba's target has AVX2 (HAVE_U8S7).
 
-try:
-    from llvmlite import binding as _llvm_binding  # noqa: E402
+def _target_has_avx2() -> bool:
+    """Whether numba compiles for a CPU with AVX2: the host's features, unless NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES pin another target (portable caches set 'generic'), which then must name
+    +avx2 itself. Asking the host alone would let LLVM abort on the intrinsic for a generic target."""
+    from numba.core import config
 
-    HAVE_U8S7 = bool(_llvm_binding.get_host_cpu_features().get("avx2", False))
-except Exception:  # pragma: no cover - feature query unavailable: stay on the portable kernel
-    HAVE_U8S7 = False
+    feats = (config.CPU_FEATURES or "").split(",")
+    if "-avx2" in feats:
+        return False
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES:
+        return "+avx2" in feats
+    try:
+        from llvmlite import binding as llvm_binding
+
+        return bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+    except Exception:  # pragma: no cover - feature query unavailable: stay on the portable kernel
+        return False
+
+
+HAVE_U8S7 = _target_has_avx2()
 
 
 @njit

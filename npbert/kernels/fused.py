@@ -35,6 +35,7 @@ from numba import prange
 
 from npbert._jit import jit, njit_ieee as njit
 from npbert.errors import InputError
+from npbert.kernels import _checks as chk
 from npbert.kernels.quantize import _EXP_ALL_ONES, _add_requant_one, _quantize_static_span
 
 __all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm",
@@ -244,14 +245,37 @@ class OutGrid:
     __slots__ = ("bounds", "scale", "lo", "hi", "zpf", "dtype")
 
     def __init__(self, bounds, scale, zero_point, qmin: int, qmax: int, dtype):
-        self.bounds = np.ascontiguousarray(bounds, np.int64)
+        b = np.asarray(bounds)
+        self.bounds = chk.group_bounds(b, int(b[-1]) if b.ndim == 1 and b.size else -1, "OutGrid bounds")
         G = self.bounds.size - 1
-        zp = np.broadcast_to(np.asarray(zero_point, np.int64), (G,))
-        self.scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32), (G,)))
+        dtype, qmin, qmax = chk.out_range(dtype, qmin, qmax, allowed=(np.int8, np.uint8, np.int16, np.uint16))
+        try:
+            zp = np.broadcast_to(np.asarray(zero_point, np.int64), (G,))
+            self.scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32), (G,)))
+        except ValueError:
+            raise InputError(f"OutGrid: scale and zero_point must be scalars or have one entry per group ({G})") from None
+        if not (np.all(np.isfinite(self.scale)) and np.all(self.scale > 0)):
+            raise InputError("OutGrid: scales must be finite and positive")
+        if np.any(zp < qmin) or np.any(zp > qmax):
+            raise InputError(f"OutGrid: zero points must lie in [qmin, qmax] = [{qmin}, {qmax}]")
         self.lo = (qmin - zp).astype(np.float32)
         self.hi = (qmax - zp).astype(np.float32)
         self.zpf = zp.astype(np.float32)
         self.dtype = np.dtype(dtype)
+
+
+def _check_grid(grid: OutGrid, N: int, what: str):
+    if not isinstance(grid, OutGrid):
+        raise InputError(f"{what}: grid must be an OutGrid, got {type(grid).__name__}")
+    if grid.bounds[-1] != N:
+        raise InputError(f"{what}: the grid's groups cover {int(grid.bounds[-1])} columns, the rows have {N}")
+
+
+def _vec32(v, n: int, name: str) -> np.ndarray:
+    v = np.ascontiguousarray(v, np.float32)
+    if v.shape != (n,):
+        raise InputError(f"{name} must have shape [{n}], got {v.shape}")
+    return v
 
 
 def _check_bad(bad, what):
@@ -263,13 +287,21 @@ def epilogue_quantize(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.
                       grid: OutGrid) -> np.ndarray:
     """quantize_static(_grouped)(epilogue(acc, ...), grid) in one pass: int [M, N] -> codes [M, N] of
     grid.dtype, bit for bit the two steps (the float row never leaves L1). NaN/Inf -> InputError."""
+    acc = chk.array(acc, "acc", (np.int32, np.int64), 2)
     M, N = acc.shape
-    rs = np.ascontiguousarray(np.broadcast_to(np.asarray(row_scale, np.float64), (M,)))
+    _check_grid(grid, N, "epilogue_quantize")
+    if act not in ACT_CODES:
+        raise InputError(f"epilogue_quantize: unknown activation {act!r}")
+    try:
+        rs = np.ascontiguousarray(np.broadcast_to(np.asarray(row_scale, np.float64), (M,)))
+    except ValueError:
+        raise InputError(f"epilogue_quantize: row_scale must be a scalar or have shape [{M}]") from None
+    ws = _vec32(w_scale, N, "w_scale")
+    b = _NO_BIAS if bias is None else _vec32(bias, N, "bias")
     out = np.empty((M, N), grid.dtype)
     bad = np.zeros(M, np.uint8)
     if M and N:
-        b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
-        _epilogue_quant_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,
+        _epilogue_quant_rows(np.ascontiguousarray(acc), rs, ws, b, bias is not None,
                              ACT_CODES[act], grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
     _check_bad(bad, "linear output")
     return out
@@ -277,7 +309,10 @@ def epilogue_quantize(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.
 
 def activation_quantize(x: np.ndarray, act: str | None, grid: OutGrid) -> np.ndarray:
     """quantize_static(_grouped)(activation(act, x), grid) in one pass: float32 [M, N] -> codes [M, N]."""
-    x = np.ascontiguousarray(x, np.float32)
+    x = np.ascontiguousarray(chk.array(x, "x", (np.float32,), 2))
+    _check_grid(grid, x.shape[1], "activation_quantize")
+    if act not in ACT_CODES:
+        raise InputError(f"activation_quantize: unknown activation {act!r}")
     out = np.empty(x.shape, grid.dtype)
     bad = np.zeros(x.shape[0], np.uint8)
     if x.size:
@@ -573,21 +608,27 @@ def residual_layer_norm_quantize(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_sca
     int64 [Go+1] with float32 o_scale [Go] and int o_zp [Go]: the LayerNorm output's grid.
     Returns codes [..., C] of out_dtype. NaN/Inf after the LayerNorm -> InputError.
     """
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
-    if a.shape != b.shape or a.ndim < 1:
-        raise InputError(f"residual_layer_norm_quantize: a {a.shape} and b {b.shape} must have the same shape")
-    C = a.shape[-1]
-    a2, b2 = a.reshape(-1, C), b.reshape(-1, C)
-    out = np.empty(a2.shape, out_dtype)
+    what = "residual_layer_norm_quantize"
+    a = np.ascontiguousarray(chk.array(a, "a", (np.int8, np.uint8, np.int16)))
+    b = np.ascontiguousarray(chk.array(b, "b", (np.int8, np.uint8, np.int16)))
+    if a.shape != b.shape or a.ndim < 1 or a.shape[-1] == 0:
+        raise InputError(f"{what}: a {a.shape} and b {b.shape} must have the same shape, with columns")
+    Cn = a.shape[-1]
+    s_bounds = chk.group_bounds(s_bounds, Cn, "s_bounds")
+    grid = OutGrid(chk.group_bounds(o_bounds, Cn, "o_bounds"), o_scale, o_zp, o_qmin, o_qmax, out_dtype)
+    Gs = s_bounds.size - 1
+    per_group = [np.ascontiguousarray(v, np.float64) for v in (a_zp, ra, b_zp, rb, s_zp)]
+    s_scale = np.ascontiguousarray(s_scale, np.float32)
+    if any(v.shape != (Gs,) for v in (*per_group, s_scale)):
+        raise InputError(f"{what}: zero points, ratios and scales of the sum need one entry per group ({Gs})")
+    a_zp, ra, b_zp, rb, s_zp = per_group
+    gamma, beta = _vec32(gamma, Cn, "gamma"), _vec32(beta, Cn, "beta")
+    a2, b2 = a.reshape(-1, Cn), b.reshape(-1, Cn)
+    out = np.empty(a2.shape, grid.dtype)
     bad = np.zeros(a2.shape[0], np.uint8)
-    o_zp = np.asarray(o_zp, np.int64)
     if out.size:
-        _residual_ln_quant_rows(a2, b2, s_bounds, a_zp, ra, b_zp, rb, s_zp, np.ascontiguousarray(s_scale, np.float32),
-                                np.float64(s_qmin), np.float64(s_qmax), np.ascontiguousarray(gamma, np.float32),
-                                np.ascontiguousarray(beta, np.float32), float(eps), o_bounds,
-                                np.ascontiguousarray(o_scale, np.float32), (o_qmin - o_zp).astype(np.float32),
-                                (o_qmax - o_zp).astype(np.float32), o_zp.astype(np.float32), out, bad)
+        _residual_ln_quant_rows(a2, b2, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, np.float64(s_qmin), np.float64(s_qmax),
+                                gamma, beta, float(eps), grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
     if bad.any():
         raise InputError(f"residual LayerNorm: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
     return out.reshape(a.shape)

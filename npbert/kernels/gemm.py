@@ -6,7 +6,8 @@ Data layout (shapes next to the math):
                                    padding is zeros, so padded rows/columns add nothing.
     panels int8 [NP, KP, 32]       weights packed offline: panel j holds output columns 16j..16j+15;
                                    panels[j, p, 2c + t] = w[16j + c, 2p + t] (zero padded). The
-                                   packed panels ARE the stored weight (one byte per weight); the
+                                   packed panels ARE the stored weight (one byte per weight; 7-bit
+                                   weights are stored as quad panels instead, see PackedInt8Weight); the
                                    micro-kernel sign-extends them to int16 as it loads (vpmovsxbw).
 Micro-kernel (npbert/kernels/_simd.py): a 4 x 16 int32 tile, for each k-pair p one 32-bit broadcast
 of (a[r, 2p], a[r, 2p+1]) per row and two 16-lane int16 loads of the panel; a multiply-add of int16
@@ -66,7 +67,8 @@ class PackedInt8Weight:
 
     Attributes: n, k; layout: "pairs" (int8 [NP*KP*32], see the module docstring) or "quads"
     (int8 [NP*KQ*64], quads[j, q, c, t] = w[16j + c, 4q + t], for the uint8 x int7 vpmaddubsw kernel;
-    only for weights in [-64, 63], see _simd.py); panels: the only copy of the weights kept;
+    only for weights in [-64, 63], see _simd.py); panels: the stored weights (the only copy, unless a
+    kernel needs the other layout or per-group panels: pairs() and group_layout() cache those);
     row_sums (int32 [N], sum_k w[n, k], for zero-point correction:
     sum_k (a - z) w = sum_k a w - z * row_sums); w (property: the int8 [N, K] unpacked from the
     panels on each access, read-only; for the reference twins, simulation and saving).
@@ -318,7 +320,7 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
         for i0 in range(0, m, MR):
             mm = min(MR, m - i0)
             for t in range(MR * NR):
-                yt[t] = 0.0  # + s * acc (never -0.0: s > 0) leaves the first group's products as they are
+                yt[t] = 0.0  # the reference's float64 sum starts from +0.0 too
             for g in range(G - 1):
                 _microkernel_scaled_ir(a16, i0 * lda + aoff[g], lda, wp, woff[g] + j * kps[g] * 2 * NR, kps[g], yt, scales[g])
             g = G - 1
@@ -404,12 +406,13 @@ def _out(out, M: int, N: int, dtype, name: str) -> np.ndarray:
     return out
 
 
-def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dtype, kblock: int | None, out=None):
+def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dtype, kblock: int | None, out=None,
+         name: str = "gemm"):
     """Widen a[:, c0:c1] - zp to int16 and multiply by pw; out [M, N] of out_dtype (written into `out`
     when given)."""
     M = a.shape[0]
     N, kp = pw.n, pw.kp
-    out = _out(out, M, N, out_dtype, "gemm")
+    out = _out(out, M, N, out_dtype, name)
     if M == 0 or N == 0 or kp == 0:
         out[...] = 0
         return out
@@ -430,12 +433,13 @@ def _a8_scratch(n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out=None):
+def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     """int32 [M, N] = sum_k (a - zp) w with quad panels: int8 a is offset to uint8 (a + 128, so the
-    zero point becomes zp + 128), then sum_k a_u8 w - zp_u8 * row_sums in the micro-kernel's store."""
+    zero point becomes zp + 128), then sum_k a_u8 w - zp_u8 * row_sums in the micro-kernel's store.
+    Every term is at most 255 * 64 * K in magnitude: int32 for K <= 131588."""
     M = a.shape[0]
     N, kq = pw.n, pw.kq
-    out = _out(out, M, N, np.int32, "gemm")
+    out = _out(out, M, N, np.int32, name)
     if M == 0 or N == 0 or kq == 0:
         out[...] = 0
         return out
@@ -446,7 +450,7 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out=None):
     _to_u8(a, flip, mpad, lda, a8)
     NP = -(-N // NR)
     corr = np.zeros(NP * NR, np.int32)
-    corr[:N] = np.int32(zp_u8) * pw.row_sums  # |zp * sum| <= 255 * 64 * K: int32 for K <= K_MAX_U8S8
+    corr[:N] = np.int32(zp_u8) * pw.row_sums  # |zp * sum| <= 255 * 64 * K
     _gemm_quads_core(a8, lda, M, pw.panels, kq, N, corr, out.reshape(-1))
     return out
 
@@ -478,10 +482,9 @@ def gemm_s8s8(a, w, out=None) -> np.ndarray:
     a = C.as_c(C.array(a, "a", (np.int8,), 2))
     _check_mk(a, pw, "gemm_s8s8")
     _check_k(pw.k, K_MAX_S8S8, "gemm_s8s8")
-    if pw.layout == "quads":
-        _check_k(pw.k, K_MAX_U8S8, "gemm_s8s8 (7-bit weights: a is offset to uint8)")
-        return _run_quads(a, 0, pw, out)
-    return _run(a, 0, 0, pw.k, pw, np.int32, None, out)
+    if pw.layout == "quads":  # |a_u8 w| <= 255 * 64: int32 holds K <= 131588, above K_MAX_S8S8
+        return _run_quads(a, 0, pw, out, "gemm_s8s8")
+    return _run(a, 0, 0, pw.k, pw, np.int32, None, out, "gemm_s8s8")
 
 
 def gemm_u8s8(a, a_zero_point: int, w, out=None) -> np.ndarray:
@@ -494,8 +497,8 @@ def gemm_u8s8(a, a_zero_point: int, w, out=None) -> np.ndarray:
     _check_mk(a, pw, "gemm_u8s8")
     _check_k(pw.k, K_MAX_U8S8, "gemm_u8s8")
     if pw.layout == "quads":
-        return _run_quads(a, zp, pw, out)
-    return _run(a, zp, 0, pw.k, pw, np.int32, None, out)
+        return _run_quads(a, zp, pw, out, "gemm_u8s8")
+    return _run(a, zp, 0, pw.k, pw, np.int32, None, out, "gemm_u8s8")
 
 
 def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:

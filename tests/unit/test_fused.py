@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 from npbert import ops
+from npbert.errors import InputError, QuantError
 from npbert.kernels import fused as F
 from npbert.kernels.quantize import quantize_static
+from npbert.quant.qparams import QParams
+from npbert.quant.quantizers import dequantize
 
 EXP_REL = 4e-7
 SOFTMAX_ABS = 1e-6
@@ -188,8 +191,10 @@ def test_residual_layer_norm_quantize_equals_the_four_steps(s_groups, o_groups, 
     so, zo = _grid(rng, len(ob) - 1, qmin, qmax, sym)
     gamma, beta = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
     s_codes = add_requant_grouped(a, sa, za, b, sb_, zb, ss, zs, sb, qmin, qmax, dt)
-    gid = np.repeat(np.arange(len(sb) - 1), np.diff(sb))
-    x = (s_codes.astype(np.int32) - zs[gid].astype(np.int32)).astype(np.float32) * ss[gid]  # dequantize
+    grouped = dict(axis=-1, group_bounds=sb) if s_groups == 3 else {}
+    s_qp = QParams(ss if s_groups == 3 else ss[0], zs if s_groups == 3 else zs[0], 16 if dt == np.int16 else 8, sym,
+                   **grouped)
+    x = dequantize(s_codes, s_qp)  # the production step the fused kernel replaces
     y = F.layer_norm(x, gamma, beta, 1e-12)
     ref = quantize_static_grouped(y, ob, so, zo, qmin, qmax, dt)
     f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
@@ -200,8 +205,6 @@ def test_residual_layer_norm_quantize_equals_the_four_steps(s_groups, o_groups, 
 
 
 def test_residual_layer_norm_quantize_rejects_non_finite():
-    from npbert.errors import InputError
-
     a = np.full((2, 4), 3, np.uint8)
     one, z = np.ones(1), np.zeros(1)
     bounds = np.array([0, 4], np.int64)
@@ -221,16 +224,17 @@ def test_epilogue_and_activation_quantize_equal_the_two_steps(act, groups, dt, q
 
     rng = _rng(21)
     M, N = 37, 45
-    acc = rng.integers(-200000, 200000, (M, N)).astype(np.int32)
-    rs = rng.uniform(1e-5, 1e-4, M)
+    rs = rng.uniform(1e-9, 1e-8, M)
     ws = rng.uniform(0.5, 2, N).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
     bounds = np.array([0, 10, 31, N], np.int64) if groups == 3 else np.array([0, N], np.int64)
     scale, zp = _grid(rng, groups, qmin, qmax, sym)
     grid = F.OutGrid(bounds, scale, zp, qmin, qmax, dt)
-    y = F.epilogue(acc, rs, ws, bias, act)
-    np.testing.assert_array_equal(F.epilogue_quantize(acc, rs, ws, bias, act, grid),
-                                  quantize_static_grouped(y, bounds, scale, zp, qmin, qmax, dt))
+    # full-range accumulators (float32(float64(acc) * rs) rounds), int32 and int64 (16-bit GEMMs)
+    for acc in (rng.integers(-(2**31), 2**31, (M, N)).astype(np.int32), rng.integers(-(2**40), 2**40, (M, N))):
+        y = F.epilogue(acc, rs * (2**-9 if acc.dtype == np.int64 else 1), ws, bias, act)
+        np.testing.assert_array_equal(F.epilogue_quantize(acc, rs * (2**-9 if acc.dtype == np.int64 else 1), ws, bias, act, grid),
+                                      quantize_static_grouped(y, bounds, scale, zp, qmin, qmax, dt))
     x = (rng.standard_normal((M, N)) * 3).astype(np.float32)
     x_before = x.copy()
     ref = quantize_static_grouped(x if act is None else F.activation(act, x), bounds, scale, zp, qmin, qmax, dt)
@@ -238,9 +242,32 @@ def test_epilogue_and_activation_quantize_equal_the_two_steps(act, groups, dt, q
     np.testing.assert_array_equal(x, x_before)  # the input is not modified
 
 
-def test_linear_output_quantizers_reject_non_finite():
-    from npbert.errors import InputError
+def test_fused_quantizers_reject_bad_arguments():
+    grid = F.OutGrid(np.array([0, 4], np.int64), np.float32(0.1), 0, -127, 127, np.int8)
+    with pytest.raises(InputError, match="grid's groups cover 4 columns, the rows have 5"):
+        F.activation_quantize(np.ones((2, 5), np.float32), None, grid)
+    with pytest.raises(InputError, match="expected a 2-D array"):
+        F.epilogue_quantize(np.ones((2, 2, 4), np.int32), 1.0, np.ones(4, np.float32), None, None, grid)
+    with pytest.raises(InputError, match=r"w_scale must have shape \[4\]"):
+        F.epilogue_quantize(np.ones((2, 4), np.int32), 1.0, np.ones(3, np.float32), None, None, grid)
+    with pytest.raises(QuantError, match="out_dtype int32 not supported"):
+        F.OutGrid(np.array([0, 4]), 0.1, 0, 0, 10, np.int32)
+    with pytest.raises(InputError, match="zero points must lie in"):
+        F.OutGrid(np.array([0, 4]), 0.1, 300, 0, 255, np.uint8)
+    a = np.zeros((2, 4), np.uint8)
+    one, z = np.ones(1), np.zeros(1)
+    args = dict(s_bounds=np.array([0, 4]), a_zp=z, ra=one, b_zp=z, rb=one, s_zp=z, s_scale=np.ones(1, np.float32),
+                s_qmin=0, s_qmax=255, gamma=np.ones(4, np.float32), beta=np.zeros(4, np.float32), eps=1e-12,
+                o_bounds=np.array([0, 4]), o_scale=np.ones(1, np.float32), o_zp=[0], o_qmin=0, o_qmax=255, out_dtype=np.uint8)
+    with pytest.raises(InputError, match=r"gamma must have shape \[4\]"):
+        F.residual_layer_norm_quantize(a, a, **{**args, "gamma": np.ones(3, np.float32)})
+    with pytest.raises(InputError, match="o_bounds: must start at 0, end at K=4"):
+        F.residual_layer_norm_quantize(a, a, **{**args, "o_bounds": np.array([0, 5])})
+    with pytest.raises(QuantError, match="dtype float32 is not accepted"):
+        F.residual_layer_norm_quantize(a.astype(np.float32), a, **args)
 
+
+def test_linear_output_quantizers_reject_non_finite():
     grid = F.OutGrid(np.array([0, 4], np.int64), np.float32(0.1), 0, -127, 127, np.int8)
     x = np.ones((3, 4), np.float32)
     x[2, 1] = np.nan

@@ -163,6 +163,29 @@ def test_gemm_quads_exact(m, n, k):
     _eq(gemm_s16s8(a16, pw, 11), R.gemm_s16s8_ref(a16, w, 11))  # falls back to pair panels
 
 
+@needs_u8s7
+def test_gemm_quads_long_k():
+    """7-bit weights keep int32 exact up to K = 131588 (255 * 64 per term), past K_MAX_U8S8."""
+    K = 70000
+    w = np.full((1, K), -64, np.int8)
+    a = np.full((1, K), -128, np.int8)
+    assert pack_int8_weight(w).layout == "quads"
+    _eq(gemm_s8s8(a, w), R.gemm_s8s8_ref(a, w))
+
+
+def test_generic_numba_target_keeps_the_portable_kernel():
+    """NUMBA_CPU_NAME=generic (portable caches): no AVX2 intrinsics, 7-bit weights pack as pairs."""
+    import subprocess
+    import sys
+
+    code = ("from npbert.kernels._simd import HAVE_U8S7; from npbert.kernels.gemm import pack_int8_weight; "
+            "import numpy as np; print(HAVE_U8S7, pack_int8_weight(np.zeros((2, 3), np.int8)).layout)")
+    env = {**__import__("os").environ, "NUMBA_CPU_NAME": "generic"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "pairs"]
+
+
 def test_pack_layouts():
     rng = _rng(5)
     w8, w7 = _i8(rng, (20, 30)), _i7(rng, (20, 30))

@@ -339,7 +339,7 @@ def test_peg_range_split(tiny):
     assert range_optimal_bounds(np.array([1.0, 1.0, 1.0, 50.0]), 2).tolist() == [0, 3, 4]
 
 
-@pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range"])
+@pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range", "w8a8:ff2bits=16", "peg:ff2bits=16"])
 def test_fused_linear_output_quantizer_is_bit_identical(tiny, recipe, monkeypatch):
     """Linear outputs quantized in the GEMM's epilogue pass change no bit of the output."""
     from npbert.kernels import fused
@@ -357,7 +357,7 @@ def test_fused_linear_output_quantizer_is_bit_identical(tiny, recipe, monkeypatc
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, fused_out)
 
 
-@pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range"])
+@pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range", "w8a8:ff2bits=16", "peg:ff2bits=16"])
 def test_fused_residual_layer_norm_is_bit_identical(tiny, recipe, monkeypatch):
     """The one-kernel residual block (integer add -> LayerNorm -> codes) changes no bit of the output."""
     from npbert.qmodel import QuantExecutor
