@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 from pathlib import Path
@@ -50,12 +51,27 @@ def read_calibration_tsv(path: str | Path, size: int | None = None, seed: int = 
     return texts, pairs
 
 
+def recipe_arg(text: str) -> str:
+    """argparse type for --recipe: fp32, or any recipe string get_recipe accepts (NAME[:key=value...])."""
+    if text == "fp32":
+        return text
+    from npbert.errors import QuantError
+    from npbert.qmodel import get_recipe
+
+    try:
+        get_recipe(text)
+    except QuantError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def add_recipe_args(p) -> None:
     from npbert.qmodel import RECIPES
 
     g = p.add_argument_group("quantization")
-    g.add_argument("--recipe", default=None, choices=["fp32", *RECIPES],
-                   help="run quantized with this recipe (default fp32); static recipes need --calib")
+    g.add_argument("--recipe", default=None, type=recipe_arg,
+                   help=f"run quantized with this recipe (default fp32): {', '.join(RECIPES)}, optionally with "
+                        "options as NAME:key=value:... (e.g. dynamic:wbits=7:weights=channel); static recipes need --calib")
     g.add_argument("--calib", default=None, help="TSV (GLUE/SICK header) or text file of calibration texts")
     g.add_argument("--calib-size", type=int, default=256, help="seeded random sample of the calibration rows")
     g.add_argument("--site", action="append", default=[], metavar="PATTERN=SPEC",

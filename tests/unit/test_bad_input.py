@@ -237,3 +237,9 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     npy = tmp_path / "e.npy"
     assert main(["embed", "--model", str(TINY), "-o", str(npy), "the cat", "a dog"]) == 0
     assert np.load(npy).shape == (2, 30)
+    # a recipe with options runs; a bad option is a usage error naming the valid ones
+    assert main(["embed", "--model", str(TINY), "--recipe", "dynamic:wbits=7:weights=channel", "-o", str(npy), "the cat"]) == 0
+    assert np.load(npy).shape == (1, 30)
+    with pytest.raises(SystemExit) as e:
+        main(["embed", "--model", str(TINY), "--recipe", "dynamic:wbits=5", "the cat"])
+    assert e.value.code == 2 and "bad option 'wbits=5'" in capsys.readouterr().err
