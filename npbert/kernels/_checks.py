@@ -76,3 +76,11 @@ def group_bounds(bounds, K: int, name: str = "group_bounds") -> np.ndarray:
     if b[0] != 0 or b[-1] != K or np.any(np.diff(b) <= 0):
         raise InputError(f"{name}: must start at 0, end at K={K} and increase strictly; got {b.tolist()}")
     return b
+
+
+def f32_vector(v, n: int, name: str) -> np.ndarray:
+    """v as a C-contiguous float32 [n] (per-column scales, biases, LayerNorm parameters)."""
+    v = np.ascontiguousarray(v, np.float32)
+    if v.shape != (n,):
+        raise InputError(f"{name} must have shape [{n}], got {v.shape}")
+    return v

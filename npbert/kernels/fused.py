@@ -207,35 +207,24 @@ def _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, q):
 
 
 @jit(parallel=True, ieee=True)
-def _epilogue_quant_rows(acc, row_scale, w_scale, bias, has_bias, act, o_bounds, o_scale, o_lo, o_hi, o_zpf, out, bad):
-    """out[m] = quantize(epilogue(acc[m])) per row, the float row kept in L1; bad[m] = 1 on NaN/Inf."""
-    M, N = acc.shape
+def _quantize_out_rows(acc, x, from_acc, row_scale, w_scale, bias, has_bias, act, o_bounds, o_scale, o_lo, o_hi, o_zpf,
+                       out, bad):
+    """out[m] = quantize(act(y)) per row with y = the epilogue of acc[m] (from_acc) or x[m] (read, not
+    modified); the float row stays in L1; bad[m] = 1 on NaN/Inf. The unused input is a dummy array."""
+    M, N = out.shape
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         y = np.empty(N, np.float32)
         yi = y.view(np.int32)
         tmp = np.empty(N, np.float32)
         eb = np.empty(N, np.int32)
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, y, tmp, eb)
-            mb = _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m])
-            bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
-
-
-@jit(parallel=True, ieee=True)
-def _act_quant_rows(x, act, o_bounds, o_scale, o_lo, o_hi, o_zpf, out, bad):
-    """out[m] = quantize(act(x[m])) per row (x is not modified)."""
-    M, N = x.shape
-    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        y = np.empty(N, np.float32)
-        yi = y.view(np.int32)
-        tmp = np.empty(N, np.float32)
-        eb = np.empty(N, np.int32)
-        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            y[:] = x[m]
-            if act != ACT_NONE:
-                _act_row(y, act, tmp, eb)
-            mb = _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m])
-            bad[m] = 1 if mb >= _EXP_ALL_ONES else 0
+            if from_acc:
+                _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, y, tmp, eb)
+            else:
+                y[:] = x[m]
+                if act != ACT_NONE:
+                    _act_row(y, act, tmp, eb)
+            bad[m] = 1 if _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m]) >= _EXP_ALL_ONES else 0
 
 
 class OutGrid:
@@ -271,13 +260,6 @@ def _check_grid(grid: OutGrid, N: int, what: str):
         raise InputError(f"{what}: the grid's groups cover {int(grid.bounds[-1])} columns, the rows have {N}")
 
 
-def _vec32(v, n: int, name: str) -> np.ndarray:
-    v = np.ascontiguousarray(v, np.float32)
-    if v.shape != (n,):
-        raise InputError(f"{name} must have shape [{n}], got {v.shape}")
-    return v
-
-
 def _check_bad(bad, what):
     if bad.any():
         raise InputError(f"{what}: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
@@ -296,13 +278,17 @@ def epilogue_quantize(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.
         rs = np.ascontiguousarray(np.broadcast_to(np.asarray(row_scale, np.float64), (M,)))
     except ValueError:
         raise InputError(f"epilogue_quantize: row_scale must be a scalar or have shape [{M}]") from None
-    ws = _vec32(w_scale, N, "w_scale")
-    b = _NO_BIAS if bias is None else _vec32(bias, N, "bias")
-    out = np.empty((M, N), grid.dtype)
-    bad = np.zeros(M, np.uint8)
-    if M and N:
-        _epilogue_quant_rows(np.ascontiguousarray(acc), rs, ws, b, bias is not None,
-                             ACT_CODES[act], grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
+    ws = chk.f32_vector(w_scale, N, "w_scale")
+    b = _NO_BIAS if bias is None else chk.f32_vector(bias, N, "bias")
+    return _quantize_out(np.ascontiguousarray(acc), _NO_ROWS, True, rs, ws, b, bias is not None, act, grid)
+
+
+def _quantize_out(acc, x, from_acc, rs, ws, b, has_bias, act, grid):
+    out = np.empty((acc if from_acc else x).shape, grid.dtype)
+    bad = np.zeros(out.shape[0], np.uint8)
+    if out.size:
+        _quantize_out_rows(acc, x, from_acc, rs, ws, b, has_bias, ACT_CODES[act], grid.bounds, grid.scale, grid.lo, grid.hi,
+                           grid.zpf, out, bad)
     _check_bad(bad, "linear output")
     return out
 
@@ -313,15 +299,14 @@ def activation_quantize(x: np.ndarray, act: str | None, grid: OutGrid) -> np.nda
     _check_grid(grid, x.shape[1], "activation_quantize")
     if act not in ACT_CODES:
         raise InputError(f"activation_quantize: unknown activation {act!r}")
-    out = np.empty(x.shape, grid.dtype)
-    bad = np.zeros(x.shape[0], np.uint8)
-    if x.size:
-        _act_quant_rows(x, ACT_CODES[act], grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
-    _check_bad(bad, "linear output")
-    return out
+    return _quantize_out(_NO_ACC, x, False, _NO_SCALE, _NO_BIAS, _NO_BIAS, False, act, grid)
 
 
 _NO_BIAS = np.zeros(1, np.float32)
+# dummies for the input _quantize_out_rows does not read
+_NO_ACC = np.zeros((1, 1), np.int32)
+_NO_ROWS = np.zeros((1, 1), np.float32)
+_NO_SCALE = np.zeros(1, np.float64)
 
 
 def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray | None, act: str | None = None,
@@ -597,16 +582,16 @@ def _residual_ln_quant_rows(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s
 
 
 def residual_layer_norm_quantize(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, s_qmin: int, s_qmax: int,
-                                 gamma, beta, eps: float, o_bounds, o_scale, o_zp, o_qmin: int, o_qmax: int, out_dtype):
+                                 gamma, beta, eps: float, grid: OutGrid):
     """quantize(LayerNorm(dequantize(add_requant(a, b)))) in one pass over rows, the four steps of a
     statically quantized residual block bit for bit (tests/unit/test_fused.py compares it with the
     unfused kernels), without the sum's codes or the float LayerNorm output ever reaching memory.
 
     a, b: integer codes [..., C]; s_bounds int64 [Gs+1]: the sum's column groups (one group = per
     tensor), with per-group a_zp, b_zp, s_zp (float64) and ratios ra = a_scale / s_scale, rb (float64),
-    the sum's float32 scales s_scale and its grid [s_qmin, s_qmax]; gamma, beta float32 [C]; o_bounds
-    int64 [Go+1] with float32 o_scale [Go] and int o_zp [Go]: the LayerNorm output's grid.
-    Returns codes [..., C] of out_dtype. NaN/Inf after the LayerNorm -> InputError.
+    the sum's float32 scales s_scale and its grid [s_qmin, s_qmax]; gamma, beta float32 [C]; grid: the
+    LayerNorm output's OutGrid. Returns codes [..., C] of grid.dtype. NaN/Inf after the LayerNorm ->
+    InputError.
     """
     what = "residual_layer_norm_quantize"
     a = np.ascontiguousarray(chk.array(a, "a", (np.int8, np.uint8, np.int16)))
@@ -615,22 +600,21 @@ def residual_layer_norm_quantize(a, b, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_sca
         raise InputError(f"{what}: a {a.shape} and b {b.shape} must have the same shape, with columns")
     Cn = a.shape[-1]
     s_bounds = chk.group_bounds(s_bounds, Cn, "s_bounds")
-    grid = OutGrid(chk.group_bounds(o_bounds, Cn, "o_bounds"), o_scale, o_zp, o_qmin, o_qmax, out_dtype)
+    _check_grid(grid, Cn, what)
     Gs = s_bounds.size - 1
     per_group = [np.ascontiguousarray(v, np.float64) for v in (a_zp, ra, b_zp, rb, s_zp)]
     s_scale = np.ascontiguousarray(s_scale, np.float32)
     if any(v.shape != (Gs,) for v in (*per_group, s_scale)):
         raise InputError(f"{what}: zero points, ratios and scales of the sum need one entry per group ({Gs})")
     a_zp, ra, b_zp, rb, s_zp = per_group
-    gamma, beta = _vec32(gamma, Cn, "gamma"), _vec32(beta, Cn, "beta")
+    gamma, beta = chk.f32_vector(gamma, Cn, "gamma"), chk.f32_vector(beta, Cn, "beta")
     a2, b2 = a.reshape(-1, Cn), b.reshape(-1, Cn)
     out = np.empty(a2.shape, grid.dtype)
     bad = np.zeros(a2.shape[0], np.uint8)
     if out.size:
         _residual_ln_quant_rows(a2, b2, s_bounds, a_zp, ra, b_zp, rb, s_zp, s_scale, np.float64(s_qmin), np.float64(s_qmax),
                                 gamma, beta, float(eps), grid.bounds, grid.scale, grid.lo, grid.hi, grid.zpf, out, bad)
-    if bad.any():
-        raise InputError(f"residual LayerNorm: NaN or Inf in row {int(np.argmax(bad))}; the activations are not finite")
+    _check_bad(bad, "residual LayerNorm")
     return out.reshape(a.shape)
 
 

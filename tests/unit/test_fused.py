@@ -199,7 +199,7 @@ def test_residual_layer_norm_quantize_equals_the_four_steps(s_groups, o_groups, 
     ref = quantize_static_grouped(y, ob, so, zo, qmin, qmax, dt)
     f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
     got = F.residual_layer_norm_quantize(a, b, sb, f64(za), f64(sa) / f64(ss), f64(zb), f64(sb_) / f64(ss), f64(zs), ss,
-                                         qmin, qmax, gamma, beta, 1e-12, ob, so, zo, qmin, qmax, dt)
+                                         qmin, qmax, gamma, beta, 1e-12, F.OutGrid(ob, so, zo, qmin, qmax, dt))
     assert got.dtype == dt
     np.testing.assert_array_equal(got, ref)
 
@@ -211,7 +211,7 @@ def test_residual_layer_norm_quantize_rejects_non_finite():
     gamma = np.array([1, np.inf, 1, 1], np.float32)
     with pytest.raises(InputError, match="NaN or Inf in row 0"):
         F.residual_layer_norm_quantize(a, a, bounds, z, one, z, one, z, np.ones(1, np.float32), 0, 255, gamma,
-                                       np.zeros(4, np.float32), 1e-12, bounds, np.ones(1, np.float32), [0], 0, 255, np.uint8)
+                                       np.zeros(4, np.float32), 1e-12, F.OutGrid(bounds, 1.0, 0, 0, 255, np.uint8))
 
 
 @pytest.mark.parametrize("act", [None, "gelu", "relu"])
@@ -258,11 +258,13 @@ def test_fused_quantizers_reject_bad_arguments():
     one, z = np.ones(1), np.zeros(1)
     args = dict(s_bounds=np.array([0, 4]), a_zp=z, ra=one, b_zp=z, rb=one, s_zp=z, s_scale=np.ones(1, np.float32),
                 s_qmin=0, s_qmax=255, gamma=np.ones(4, np.float32), beta=np.zeros(4, np.float32), eps=1e-12,
-                o_bounds=np.array([0, 4]), o_scale=np.ones(1, np.float32), o_zp=[0], o_qmin=0, o_qmax=255, out_dtype=np.uint8)
+                grid=F.OutGrid(np.array([0, 4]), 1.0, 0, 0, 255, np.uint8))
     with pytest.raises(InputError, match=r"gamma must have shape \[4\]"):
         F.residual_layer_norm_quantize(a, a, **{**args, "gamma": np.ones(3, np.float32)})
-    with pytest.raises(InputError, match="o_bounds: must start at 0, end at K=4"):
-        F.residual_layer_norm_quantize(a, a, **{**args, "o_bounds": np.array([0, 5])})
+    with pytest.raises(InputError, match="grid's groups cover 5 columns, the rows have 4"):
+        F.residual_layer_norm_quantize(a, a, **{**args, "grid": F.OutGrid(np.array([0, 5]), 1.0, 0, 0, 255, np.uint8)})
+    with pytest.raises(InputError, match="s_bounds: must start at 0, end at K=4"):
+        F.residual_layer_norm_quantize(a, a, **{**args, "s_bounds": np.array([0, 3])})
     with pytest.raises(QuantError, match="dtype float32 is not accepted"):
         F.residual_layer_norm_quantize(a.astype(np.float32), a, **args)
 
