@@ -388,21 +388,25 @@ def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, out_flat):
 _SCRATCH = threading.local()
 
 
-def _a16_scratch(n: int) -> np.ndarray:
-    """A per-thread int16 buffer of at least n elements for the widened activations, kept between
-    calls: a fresh multi-megabyte array per GEMM costs page faults comparable to a small GEMM."""
-    buf = getattr(_SCRATCH, "a16", None)
+def _scratch(n: int, dtype) -> np.ndarray:
+    """A per-thread buffer of at least n elements of dtype for the prepared activations (int16 widened,
+    or uint8 for the quad kernel), kept between calls: a fresh multi-megabyte array per GEMM costs
+    page faults comparable to a small GEMM."""
+    key = "a_" + np.dtype(dtype).name
+    buf = getattr(_SCRATCH, key, None)
     if buf is None or buf.size < n:
-        buf = _SCRATCH.a16 = np.empty(max(n, 1 << 16), dtype=np.int16)
+        buf = np.empty(max(n, 1 << 16), dtype=dtype)
+        setattr(_SCRATCH, key, buf)
     return buf[:n]
 
 
-def _out(out, M: int, N: int, dtype, name: str) -> np.ndarray:
+def _out(out, shape: tuple, dtype, name: str) -> np.ndarray:
+    """The result array: `out` when given (checked), else a new one."""
     if out is None:
-        return np.empty((M, N), dtype=dtype)
-    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (M, N) and out.flags.c_contiguous
+        return np.empty(shape, dtype=dtype)
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape and out.flags.c_contiguous
             and out.flags.writeable):
-        raise InputError(f"{name}: out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {(M, N)}")
+        raise InputError(f"{name}: out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {shape}")
     return out
 
 
@@ -412,25 +416,17 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
     when given)."""
     M = a.shape[0]
     N, kp = pw.n, pw.kp
-    out = _out(out, M, N, out_dtype, name)
+    out = _out(out, (M, N), out_dtype, name)
     if M == 0 or N == 0 or kp == 0:
         out[...] = 0
         return out
     lda = 2 * kp
     mpad = -(-M // MR) * MR
-    a16 = _a16_scratch(mpad * lda)
+    a16 = _scratch(mpad * lda, np.int16)
     _widen(a, c0, c1, zp, mpad, lda, a16)
     out_flat = out.reshape(-1) if out.dtype == np.int32 else _NO_FLAT
     _gemm_core(a16, lda, M, pw.panels, kp, N, kp if kblock is None else kblock, out, out_flat)
     return out
-
-
-def _a8_scratch(n: int) -> np.ndarray:
-    """The uint8 twin of _a16_scratch (activations for the quad kernel)."""
-    buf = getattr(_SCRATCH, "a8", None)
-    if buf is None or buf.size < n:
-        buf = _SCRATCH.a8 = np.empty(max(n, 1 << 16), dtype=np.uint8)
-    return buf[:n]
 
 
 def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
@@ -439,14 +435,14 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     Every term is at most 255 * 64 * K in magnitude: int32 for K <= 131588."""
     M = a.shape[0]
     N, kq = pw.n, pw.kq
-    out = _out(out, M, N, np.int32, name)
+    out = _out(out, (M, N), np.int32, name)
     if M == 0 or N == 0 or kq == 0:
         out[...] = 0
         return out
     flip, zp_u8 = (np.uint8(0x80), zp + 128) if a.dtype == np.int8 else (np.uint8(0), zp)
     lda = 4 * kq
     mpad = -(-M // MR) * MR
-    a8 = _a8_scratch(mpad * lda)
+    a8 = _scratch(mpad * lda, np.uint8)
     _to_u8(a, flip, mpad, lda, a8)
     NP = -(-N // NR)
     corr = np.zeros(NP * NR, np.int32)
@@ -523,13 +519,6 @@ def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
 _NO_VEC = np.zeros(1, np.float32)
 
 
-def _vec(v, n: int, name: str) -> np.ndarray:
-    v = np.ascontiguousarray(v, np.float32)
-    if v.shape != (n,):
-        raise InputError(f"gemm_grouped: {name} must have shape [{n}], got {v.shape}")
-    return v
-
-
 def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=None, bias=None, act=None,
                  out=None) -> np.ndarray:
     """Per-embedding-group (PEG) GEMM: float32 [M, N] = float32(sum_g float64(scale_g) * float64(acc_g)),
@@ -567,18 +556,18 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         wp, woff, kps = pw.group_layout(bounds)
         aoff = np.concatenate([[0], np.cumsum(2 * kps)[:-1]]).astype(np.int64)
         lda = int(2 * kps.sum())
-        out = _out(out, M, pw.n, np.float32, "gemm_grouped")
+        out = _out(out, (M, pw.n), np.float32, "gemm_grouped")
         if M == 0 or pw.n == 0:
             return out
-        ws = _NO_VEC if w_scale is None else _vec(w_scale, pw.n, "w_scale")
-        bs = _NO_VEC if bias is None else _vec(bias, pw.n, "bias")
+        ws = _NO_VEC if w_scale is None else C.f32_vector(w_scale, pw.n, "gemm_grouped: w_scale")
+        bs = _NO_VEC if bias is None else C.f32_vector(bias, pw.n, "gemm_grouped: bias")
         mpad = -(-M // MR) * MR
-        a16 = _a16_scratch(mpad * lda)
+        a16 = _scratch(mpad * lda, np.int16)
         _widen_grouped(a, bounds, zp_arr, aoff, mpad, lda, a16)
         _gemm_grouped_core(a16, lda, M, aoff, wp, woff, kps, pw.n, scales.astype(np.float64), ws, w_scale is not None,
                            bs, bias is not None, out.reshape(-1))
-        # the activation as its own parallel pass: measured, GELU per 4 x 16 tile in the store cost 2x
-        # the pass (MiniLM FF1, 1024 x 1536: 2.7 vs 1.2 ms)
+        # the activation as its own parallel pass: GELU on each 4 x 16 tile in the store was tried and
+        # was slower (per-call overhead of the vectorised exp on 64 values)
         return out if act is None else activation(act, out, inplace=True)
     # int16 activations: one split-K int64 GEMM per group, summed in float64 in group order
     packs = pw.group_packs(bounds)
@@ -592,11 +581,11 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         _axpy_rows(y, np.float64(scales[g]), acc)
     res = y.astype(np.float32)
     if w_scale is not None:
-        res = res * _vec(w_scale, pw.n, "w_scale")[None, :]
+        res = res * C.f32_vector(w_scale, pw.n, "gemm_grouped: w_scale")[None, :]
     if bias is not None:
-        res = res + _vec(bias, pw.n, "bias")
+        res = res + C.f32_vector(bias, pw.n, "gemm_grouped: bias")
     if out is not None:
-        _out(out, M, pw.n, np.float32, "gemm_grouped")[...] = res
+        _out(out, (M, pw.n), np.float32, "gemm_grouped")[...] = res
         res = out
     return res if act is None else activation(act, res, inplace=True)
 
@@ -606,16 +595,6 @@ def _check_batched(a, b, name):
         raise InputError(f"{name}: a [B, M, K] = {a.shape} and b [B, N, K] = {b.shape} must agree in B and K")
 
 
-def _bout(out, a, b, name):
-    shape = (a.shape[0], a.shape[1], b.shape[1])
-    if out is None:
-        return np.empty(shape, dtype=np.int32)
-    if not (isinstance(out, np.ndarray) and out.dtype == np.int32 and out.shape == shape and out.flags.c_contiguous
-            and out.flags.writeable):
-        raise InputError(f"{name}: out must be a writeable C-contiguous int32 array of shape {shape}")
-    return out
-
-
 def bgemm_s8s8(a, b, out=None) -> np.ndarray:
     """Batched exact int8 GEMM: a int8 [B, M, K], b int8 [B, N, K] -> int32 [B, M, N] = a @ b^T per batch.
     For attention: Q K^T (K = head dim) and P V (b = V^T, K = T). prange over B."""
@@ -623,7 +602,7 @@ def bgemm_s8s8(a, b, out=None) -> np.ndarray:
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
     _check_batched(a, b, "bgemm_s8s8")
     _check_k(a.shape[2], K_MAX_S8S8, "bgemm_s8s8")
-    out = _bout(out, a, b, "bgemm_s8s8")
+    out = _out(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_s8s8")
     if out.size and a.shape[2]:
         _bgemm_core(a, 0, b, out)  # writes every element
     else:
@@ -638,7 +617,7 @@ def bgemm_u8s8(a, a_zero_point: int, b, out=None) -> np.ndarray:
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
     _check_batched(a, b, "bgemm_u8s8")
     _check_k(a.shape[2], K_MAX_U8S8, "bgemm_u8s8")
-    out = _bout(out, a, b, "bgemm_u8s8")
+    out = _out(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_u8s8")
     if out.size and a.shape[2]:
         _bgemm_core(a, zp, b, out)
     else:
