@@ -153,8 +153,8 @@ def get_recipe(spec: str) -> Recipe:
 
     Options (any recipe): weights=tensor|channel (one weight scale per tensor or per output channel);
     wbits=7: weights on the 7-bit grid [-63, 63], which lets 8-bit activations run the exact uint8 x int7
-    vpmaddubsw kernel (no int16 pair sum can saturate; 1.27-1.33x the int8 GEMM on AVX2, see
-    kernels/_simd.py) at the price of half the weight resolution;
+    vpmaddubsw kernel (no int16 pair sum can saturate; kernels/_simd.py; its speed: bench/bench_gemm.py)
+    at the price of half the weight resolution;
     emb=int8 stores the word-embedding table as int8 rows, one symmetric abs-max scale per row (4x
     smaller; a looked-up row is dequantized, so no activation changes type);
     west=minmax|mse|percentile, the weight range estimator (minmax never clips a weight; mse, the
@@ -419,12 +419,10 @@ class QuantExecutor(Executor):
 
     # ---- GEMMs
     def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight,
-                act: str | None = None, out_role: str | None = None) -> np.ndarray:
-        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act;
-        out_role: write the result into that scratch buffer (see REUSE_OUTPUTS) instead of a new array."""
-        out = None
-        if out_role is not None and not self.sim:
-            out = self.qm.scratch(out_role, (codes.shape[0], w.packed.n), np.float32)
+                act: str | None, name: str) -> np.ndarray:
+        """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act,
+        into linear `name`'s reusable output buffer where it has one (_out_buffer)."""
+        out = None if self.sim else self._out_buffer(name, (codes.shape[0], w.packed.n))
         if self.sim:
             if w.deq64 is None:
                 w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
@@ -462,53 +460,53 @@ class QuantExecutor(Executor):
         output is never stored. Falls back to the two steps for anything else."""
         w = self.qm.qweights.get(name)
         oqp = self.qm.site_qparams.get(out_site)
-        if (not self.FUSE_LINEAR_QUANT or self.sim or w is None or oqp is None or oqp.granularity not in ("tensor", "group")
-                or oqp.perm is not None or oqp.axis not in (None, -1) or np.dtype(oqp.int_dtype) not in _GRID_CODES):
+        fusable = (self.FUSE_LINEAR_QUANT and not self.sim and w is not None and oqp is not None
+                   and _contiguous_grid(oqp, _GRID_CODES))
+        inp = self._input_codes(x, in_site) if fusable else None
+        if inp is None or (inp[2] is not None and inp[2].granularity not in ("tensor", "group")):
             return super().linear_site(name, x, in_site, out_site, act)
-        if isinstance(x, QTensor):
-            if x.qp.granularity not in ("tensor", "group"):
-                return super().linear_site(name, x, in_site, out_site, act)
-            lead = x.q.shape[:-1]
-            codes, qp, row_scale = np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1]), x.qp, None
-        else:
-            spec = self.qm.specs[in_site]
-            if spec.mode != "dynamic":
-                return super().linear_site(name, x, in_site, out_site, act)
-            lead = np.shape(x)[:-1]
-            (codes, row_scale), qp = self._dynamic(in_site, x, spec), None
+        lead, codes, qp, row_scale = inp
         N = w.packed.n
         grid = _out_grid(oqp, N)
         if qp is not None and qp.granularity == "group":
-            role = "out:" + name.split(".", 3)[-1]
             y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, None,
-                                self.qm.scratch(role, (codes.shape[0], N), np.float32))
+                                self._out_buffer(name, (codes.shape[0], N)))
             q = fused.activation_quantize(y, act, grid)
         else:
             acc, rs = self._accumulate(codes, qp, row_scale, w)
             q = fused.epilogue_quantize(acc, rs, w.scale, w.bias, act, grid)
         return QTensor(q.reshape(*lead, N), oqp)
 
+    def _input_codes(self, x, in_site: str):
+        """A linear's input as integer codes: (lead shape, codes [M, K], static QParams or None, dynamic
+        per-row scales [M] or None); None where the input stays float (W8A32)."""
+        if isinstance(x, QTensor):
+            return x.q.shape[:-1], np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1]), x.qp, None
+        spec = self.qm.specs[in_site]
+        if spec.mode != "dynamic":
+            return None
+        codes, row_scale = self._dynamic(in_site, x, spec)
+        return np.shape(x)[:-1], codes, None, row_scale
+
+    def _out_buffer(self, name: str, shape: tuple) -> np.ndarray | None:
+        """The reusable float32 buffer of an encoder linear's output (see REUSE_OUTPUTS), shared by the same
+        linear of every layer; None (a fresh array) for head outputs, which escape the forward."""
+        if not (self.REUSE_OUTPUTS and name.startswith("encoder.")):
+            return None
+        return self.qm.scratch("out:" + name.split(".", 3)[-1], shape, np.float32)
+
     def linear(self, name, x, in_site, act=None):
         w = self.qm.qweights.get(name)
         if w is None:
             return super().linear(name, x, in_site, act)
-        lead = x.q.shape[:-1] if isinstance(x, QTensor) else np.shape(x)[:-1]
-        # role shared by the same linear of every layer; head outputs (logits) escape: never reused
-        role = "out:" + name.split(".", 3)[-1] if (self.REUSE_OUTPUTS and name.startswith("encoder.")) else None
-        if isinstance(x, QTensor):
-            codes = np.ascontiguousarray(x.q).reshape(-1, x.q.shape[-1])
-            y = self._matmul(codes, x.qp, None, w, act, role)
-        else:
-            spec = self.qm.specs[in_site]
-            if spec.mode == "dynamic":
-                codes, row_scale = self._dynamic(in_site, x, spec)
-                y = self._matmul(codes, None, row_scale, w, act, role)
-            else:  # input kept in float: W8A32 with the dequantized weights
-                if w.deq64 is None:
-                    w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
-                y = ops.linear(np.asarray(x, np.float32), w.deq64.astype(np.float32), w.bias)
-                return y if act is None else fused.activation(act, y, parallel=False)  # after a BLAS GEMM
-        return y.reshape(*lead, -1)
+        inp = self._input_codes(x, in_site)
+        if inp is None:  # input kept in float: W8A32 with the dequantized weights
+            if w.deq64 is None:
+                w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
+            y = ops.linear(np.asarray(x, np.float32), w.deq64.astype(np.float32), w.bias)
+            return y if act is None else fused.activation(act, y, parallel=False)  # after a BLAS GEMM
+        lead, codes, qp, row_scale = inp
+        return self._matmul(codes, qp, row_scale, w, act, name).reshape(*lead, -1)
 
     # ---- attention
     def _heads_codes(self, name: str, x):
@@ -634,11 +632,16 @@ def _fusable_residual(a, b, qp: QParams, out_qp: QParams | None) -> bool:
     is statically quantized per tensor / per group, every group contiguous (no runtime permutation)."""
     if out_qp is None or not (isinstance(a, QTensor) and isinstance(b, QTensor)):
         return False
-    qps = (a.qp, b.qp, qp, out_qp)
     # the dtypes the unfused integer add and quantizer accept (add_requant, quantize_static_grouped)
-    return (all(p.granularity in ("tensor", "group") and p.perm is None and p.axis in (None, -1) for p in qps)
-            and all(t.q.dtype in _ADD_CODES for t in (a, b)) and np.dtype(qp.int_dtype) in _ADD_CODES
-            and np.dtype(out_qp.int_dtype) in _GRID_CODES)
+    return (all(_contiguous_grid(p) for p in (a.qp, b.qp, qp)) and _contiguous_grid(out_qp, _GRID_CODES)
+            and all(p.int_dtype in _ADD_CODES for p in (a.qp, b.qp, qp)))
+
+
+def _contiguous_grid(qp: QParams, dtypes=None) -> bool:
+    """Per tensor, or per group over contiguous columns of the last axis (no runtime permutation):
+    the grids the fused kernels take; optionally also one of `dtypes`."""
+    return (qp.granularity in ("tensor", "group") and qp.perm is None and qp.axis in (None, -1)
+            and (dtypes is None or np.dtype(qp.int_dtype) in dtypes))
 
 
 _GRIDS: "weakref.WeakKeyDictionary[QParams, fused.OutGrid]" = weakref.WeakKeyDictionary()
@@ -665,13 +668,8 @@ def _residual_ln_int(a: QTensor, b: QTensor, qp: QParams, out_qp: QParams, gamma
     s_scale = np.broadcast_to(np.asarray(qp.scale, np.float32), (G,))
     so = s_scale.astype(np.float64)
     s_zp = np.broadcast_to(np.asarray(qp.zero_point, np.float64), (G,))
-    o_bounds = _out_groups(out_qp, C)
-    Go = len(o_bounds) - 1
-    return fused.residual_layer_norm_quantize(
-        a.q, b.q, np.ascontiguousarray(bounds, np.int64), za.astype(np.float64), sa / so, zb.astype(np.float64), sb / so,
-        np.ascontiguousarray(s_zp), s_scale, qp.qmin, qp.qmax, gamma, beta, eps, np.ascontiguousarray(o_bounds, np.int64),
-        np.broadcast_to(np.asarray(out_qp.scale, np.float32), (Go,)), np.broadcast_to(out_qp.zero_point, (Go,)),
-        out_qp.qmin, out_qp.qmax, out_qp.int_dtype)
+    return fused.residual_layer_norm_quantize(a.q, b.q, bounds, za, sa / so, zb, sb / so, s_zp, s_scale, qp.qmin, qp.qmax,
+                                              gamma, beta, eps, _out_grid(out_qp, C))
 
 
 def _add_requant_sim(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
