@@ -21,9 +21,10 @@ tolerances (tests/unit/test_fused.py, tests/properties/test_fused_props.py):
 
 parallel=False (PARALLEL_NOTE): the FP32 forward runs its GEMMs in OpenBLAS, whose worker threads
 spin after each call, while numba's OpenMP workers spin after each parallel kernel; interleaving the
-two on 2 cores measured 4.8 seq/s instead of 35.4 (MiniLM, batch 1, 2 threads; bench/results/
-e2e-fp32-contention.log against e2e.md): each pool's threads wait on cores the other's spinners hold. The FP32 executor therefore runs these kernels on
-one thread; the integer forward (no BLAS) runs them in parallel.
+two on 2 cores measured 4.8 seq/s instead of 37.5 (MiniLM, batch 1, 2 threads; bench/results/
+e2e-fp32-contention.log against bench/results/e2e.md at 735e1bc): each pool's threads wait on cores
+the other's spinners hold. The FP32 executor therefore runs these kernels on one thread; the integer
+forward (no BLAS) runs them in parallel.
 
 Shapes: M rows (tokens), N outputs, B batch, h heads, T tokens, C hidden.
 """
