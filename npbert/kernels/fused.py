@@ -319,12 +319,18 @@ def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray |
     out: a float32 [M, N] C-contiguous array to write into (else a new one).
     """
     M, N = acc.shape
-    rs = np.broadcast_to(np.asarray(row_scale, np.float64), (M,))
-    rs = np.ascontiguousarray(rs)
+    # float64 [M] (exact from float32); built directly: np.broadcast_to cost more than the M = 128 pass
+    if isinstance(row_scale, np.ndarray) and row_scale.shape == (M,):
+        rs = row_scale.astype(np.float64)
+    else:
+        rs = np.asarray(row_scale, np.float64)
+        if rs.size != 1:
+            raise InputError(f"epilogue: row_scale must be a scalar or have shape [{M}], got {rs.shape}")
+        rs = np.full(M, rs.reshape(()))
     if out is None:
         out = np.empty((M, N), np.float32)
     elif not (out.dtype == np.float32 and out.shape == (M, N) and out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError(f"epilogue: out must be a writeable C-contiguous float32 array of shape {(M, N)}")
+        raise InputError(f"epilogue: out must be a writeable C-contiguous float32 array of shape {(M, N)}")
     if M and N:
         b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
         _epilogue_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,

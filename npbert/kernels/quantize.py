@@ -21,7 +21,7 @@ from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
 from npbert.kernels.selection import _tmiqr_inplace
 
-__all__ = ["quantize_dynamic", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
+__all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
 
 _ABS_MASK = 0x7FFFFFFF
 _EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
@@ -46,18 +46,17 @@ def _absmax_bits_row(xr):
     return mb
 
 
-@jit(parallel=True)
-def _row_absmax_bits(xi, out):
-    """out[m] = max_k (bits(x[m, k]) & 0x7FFFFFFF)   # xi int32 [M, K] (x's bits) -> out int32 [M]"""
-    for m in prange(xi.shape[0]):
-        out[m] = _absmax_bits_row(xi[m])
-
-
 @njit
 def _segment_stats(row_abs, row_bits, seg, valid, tmiqr, qmax, scales, thresholds):
     """Per segment s (rows seg[s]:seg[s+1]): abs-max over VALID rows, optional TM-IQR threshold, scale.
-    Returns -1, or the first valid row holding NaN/Inf (the wrapper raises). Serial: S small steps."""
+    Returns -1, -2 if seg is not a valid partition of the rows (the wrapper raises), or the first valid
+    row holding NaN/Inf. Serial: S small steps."""
     S = seg.shape[0] - 1
+    if seg[0] != 0 or seg[S] != row_abs.shape[0]:
+        return -2
+    for s in range(S):
+        if seg[s + 1] < seg[s]:
+            return -2
     buf = np.empty(row_abs.shape[0], dtype=np.float32)  # [L] per-token abs-max of one segment
     for s in range(S):
         L = 0
@@ -100,13 +99,29 @@ def _quantize_row(xr, sc, t, fq, qr):
 
 
 @jit(parallel=True)
-def _quantize_rows(x, row_seg, scales, thresholds, qmax, q):
-    """q[m, k] = clamp(rint(clip(x[m, k], -t, t) / scale), -qmax, qmax), t/scale of row m's segment.
-    NaN (possible only in padding rows, which are excluded from the checks) quantizes to 0."""
+def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, q, scales, thresholds, row_scale):
+    """The whole of quantize_dynamic in one call (one dispatch from Python: at batch 1 the wrapper
+    overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K],
+    scales / thresholds float32 [S], row_scale float32 [M] (each row's segment scale).
+    Returns -1, or _segment_stats' error code (-2 bad segments, or a row holding NaN/Inf)."""
+    M = x.shape[0]
+    xi = x.view(np.int32)  # [M, K] the float32 bits
+    row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
+    for m in prange(M):
+        row_bits[m] = _absmax_bits_row(xi[m])
+    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
+    if bad != -1:
+        return bad
+    row_seg = np.empty(M, dtype=np.int64)  # [M] segment of each row
+    for s in range(seg.shape[0] - 1):
+        for m in range(seg[s], seg[s + 1]):
+            row_seg[m] = s
+            row_scale[m] = scales[s]
     fq = np.float32(qmax)
-    for m in prange(x.shape[0]):
+    for m in prange(M):
         s = row_seg[m]
         _quantize_row(x[m], scales[s], thresholds[s], fq, q[m])
+    return -1
 
 
 def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False):
@@ -125,37 +140,43 @@ def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool =
     Returns (q int8 [M, K] for bits <= 8 else int16, scales float32 [S], thresholds float32 [S]).
     Raises QuantError for bits outside 2..16, InputError for NaN/Inf in a valid row or bad shapes.
     """
+    q, _row_scale, scales, thresholds = quantize_dynamic_rows(x, seg_starts, row_valid, bits, tmiqr)
+    return q, scales, thresholds
+
+
+def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False):
+    """quantize_dynamic, also returning each row's scale: (q [M, K], row_scale float32 [M] =
+    scales[segment of the row], scales [S], thresholds [S]). What a GEMM epilogue consumes."""
     bits = C.int_arg(bits, "bits")
     if not 2 <= bits <= 16:
         raise QuantError(f"bits={bits}: dynamic quantization supports 2..16 bits")
     x = C.as_c(C.array(x, "x", (np.float32,), 2))
     M, K = x.shape
-    seg = np.asarray(seg_starts)
-    if seg.ndim != 1 or seg.size < 1 or not np.issubdtype(seg.dtype, np.integer):
-        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
-    seg = np.ascontiguousarray(seg, dtype=np.int64)
-    if seg[0] != 0 or seg[-1] != M or np.any(np.diff(seg) < 0):
-        raise InputError(f"seg_starts must start at 0, end at M={M} and not decrease; got {seg.tolist()[:8]}...")
+    seg = seg_starts
+    if not (isinstance(seg, np.ndarray) and seg.dtype == np.int64 and seg.flags.c_contiguous):
+        seg = np.asarray(seg)
+        if seg.ndim != 1 or seg.size < 1 or not np.issubdtype(seg.dtype, np.integer):
+            raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
+        seg = np.ascontiguousarray(seg, dtype=np.int64)
+    elif seg.ndim != 1 or seg.size < 1:
+        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape}")
     if row_valid is None:
         valid = np.ones(M, dtype=np.bool_)
     else:
         valid = np.ascontiguousarray(row_valid, dtype=np.bool_)
         if valid.shape != (M,):
             raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
-    qmax = (1 << (bits - 1)) - 1
     S = seg.size - 1
-
-    row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
-    _row_absmax_bits(x.view(np.int32), row_bits)
+    q = np.empty((M, K), dtype=np.int8 if bits <= 8 else np.int16)
+    row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, bool(tmiqr), qmax, scales, thresholds)
+    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, q, scales, thresholds, row_scale)
+    if bad == -2:
+        raise InputError(f"seg_starts must start at 0, end at M={M} and not decrease; got {seg.tolist()[:8]}...")
     if bad >= 0:
         _raise_nonfinite(x, int(bad), "quantize_dynamic")
-    row_seg = np.repeat(np.arange(S, dtype=np.int64), np.diff(seg))  # [M] segment of each row
-    q = np.empty((M, K), dtype=np.int8 if bits <= 8 else np.int16)
-    _quantize_rows(x, row_seg, scales, thresholds, qmax, q)
-    return q, scales, thresholds
+    return q, row_scale, scales, thresholds
 
 
 # ------------------------------------------------------------------------------------------- static

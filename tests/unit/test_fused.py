@@ -130,6 +130,17 @@ def test_epilogue_empty():
     assert F.epilogue(np.zeros((0, 4), np.int32), np.zeros(0), np.ones(4, np.float32), None).shape == (0, 4)
 
 
+def test_epilogue_bad_row_scale_or_out():
+    acc = np.ones((3, 4), np.int32)
+    ws = np.ones(4, np.float32)
+    with pytest.raises(InputError, match="row_scale"):
+        F.epilogue(acc, np.ones(2), ws, None)
+    with pytest.raises(InputError, match="out must be"):
+        F.epilogue(acc, 1.0, ws, None, out=np.empty((3, 4), np.float64))
+    # a one-element array scale broadcasts like a scalar
+    np.testing.assert_array_equal(F.epilogue(acc, np.array([0.5]), ws, None), F.epilogue(acc, 0.5, ws, None))
+
+
 @pytest.mark.parametrize("rel", [False, True], ids=["key-mask", "mpnet-relative-bias"])
 @pytest.mark.parametrize("zp,qmin,qmax,dt", [(0, -127, 127, np.int8), (0, 0, 255, np.uint8), (-128, -128, 127, np.int8)])
 def test_softmax_quantize_equals_unfused_chain(zp, qmin, qmax, dt, rel):

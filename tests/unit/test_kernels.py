@@ -27,7 +27,8 @@ from npbert.kernels.gemm import (
     pack_int8_weight,
 )
 from npbert.kernels.fused import activation
-from npbert.kernels.quantize import add_requant, quantize_dynamic, quantize_static, quantize_static_grouped, requantize
+from npbert.kernels.quantize import (add_requant, quantize_dynamic, quantize_dynamic_rows, quantize_static, quantize_static_grouped,
+                                     requantize)
 from npbert.kernels.selection import quantile_linear, select_kth, tmiqr_threshold
 
 ODD = (1, 3, 7, 17, 33, 127, 129)
@@ -500,6 +501,12 @@ def test_quantize_dynamic_equals_reference(bits, tmiqr):
             _eq(s, sr)
             _eq(t, tr)
             assert q.dtype == (np.int8 if bits <= 8 else np.int16)
+            # the single-call variant returns the same codes plus each row's segment scale
+            q2, row_scale, s2, t2 = quantize_dynamic_rows(x, seg, rv, bits=bits, tmiqr=tmiqr)
+            _eq(q2, qr)
+            _eq(s2, sr)
+            _eq(t2, tr)
+            _eq(row_scale, np.repeat(sr, np.diff(seg)).astype(np.float32))
 
 
 def test_quantize_dynamic_error_bound_and_clamp():
@@ -585,6 +592,9 @@ def test_quantize_dynamic_bad_requests():
         quantize_dynamic(x, np.array([0, 3]), None)
     with pytest.raises(InputError):
         quantize_dynamic(x, np.array([0, 3, 2, 4]), None)
+    for seg in (np.array([1, 4]), np.array([0.0, 4.0]), np.array([[0, 4]]), np.zeros(0, np.int64)):
+        with pytest.raises(InputError, match="seg_starts"):
+            quantize_dynamic(x, seg, None)
     with pytest.raises(InputError):
         quantize_dynamic(x, np.array([0, 4]), np.ones(3, bool))
     with pytest.raises(QuantError):
