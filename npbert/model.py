@@ -207,11 +207,19 @@ class Executor:
                              self.PARALLEL_FLOAT_KERNELS)
         return self.site(name + ".out", y)
 
+    def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
+        """A reusable array for value `name`, or None (allocate a fresh one). Executors that keep buffers
+        return one only for values dead before the same name of the next layer is produced."""
+        return None
+
     def add_layer_norm(self, add_name: str, ln_name: str, a, b):
         """layer_norm(add(a, b)), the residual sum and its LayerNorm in one pass. Both sites still see
         their values; if the sum's site changes it (a quantizer), the LayerNorm reads the changed sum."""
-        s, y = fused.add_layer_norm(self.f(a), self.f(b), self.params[ln_name + ".weight"], self.params[ln_name + ".bias"],
-                                    self.cfg.layer_norm_eps, self.PARALLEL_FLOAT_KERNELS)
+        fa, fb = self.f(a), self.f(b)
+        s, y = fused.add_layer_norm(fa, fb, self.params[ln_name + ".weight"], self.params[ln_name + ".bias"],
+                                    self.cfg.layer_norm_eps, self.PARALLEL_FLOAT_KERNELS,
+                                    out_sum=self.buffer(add_name, np.shape(fa), np.float32),
+                                    out=self.buffer(ln_name + ".out", np.shape(fa), np.float32))
         s_site = self.site(add_name, s)
         if s_site is not s:
             return self.layer_norm(ln_name, s_site)

@@ -368,6 +368,7 @@ class QuantExecutor(Executor):
         self.PARALLEL_FLOAT_KERNELS = not simulate
         self._dyn_cache: dict[str, tuple] = {}
         self._seg_cache: dict[tuple, tuple] = {}
+        self._last_layer = layer_prefix(qm.config.num_hidden_layers - 1) + "."
 
     def begin(self, attention_mask):
         super().begin(attention_mask)
@@ -422,7 +423,9 @@ class QuantExecutor(Executor):
                 q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
                 row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
             else:
-                q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr)
+                codes_dtype = np.int8 if spec.bits <= 8 else np.int16
+                q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr,
+                                                                self.buffer("codes:" + name, x2.shape, codes_dtype))
             self._dyn_cache[key] = (q, row_scale, x)  # keep x alive: id()
         q, row_scale, _ = self._dyn_cache[key]
         return q, row_scale
@@ -499,11 +502,25 @@ class QuantExecutor(Executor):
         return np.shape(x)[:-1], codes, None, row_scale
 
     def _out_buffer(self, name: str, shape: tuple) -> np.ndarray | None:
-        """The reusable float32 buffer of an encoder linear's output (see REUSE_OUTPUTS), shared by the same
-        linear of every layer; None (a fresh array) for head outputs, which escape the forward."""
-        if not (self.REUSE_OUTPUTS and name.startswith("encoder.")):
+        """The reusable float32 buffer of an encoder linear's output (see REUSE_OUTPUTS)."""
+        return self.buffer("out:" + name, shape, np.float32)
+
+    def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
+        """With REUSE_OUTPUTS, one scratch array per role, shared by the same value of every layer
+        (role = name without its "encoder.layer.N." prefix): every such value is dead before the next
+        layer produces it. None (a fresh array) for the simulation, for values outside the encoder
+        layers and the embeddings, and for the last layer's output, which escapes the forward."""
+        if not self.REUSE_OUTPUTS or self.sim:
             return None
-        return self.qm.scratch("out:" + name.split(".", 3)[-1], shape, np.float32)
+        tag, _, site = name.rpartition(":")
+        if site.startswith("encoder.layer."):
+            if site.startswith(self._last_layer):
+                if site.endswith(".output.LayerNorm.out"):
+                    return None
+            site = site.split(".", 3)[-1]
+        elif not site.startswith("embeddings."):
+            return None
+        return self.qm.scratch(f"{tag}:{site}", shape, dtype)
 
     def linear(self, name, x, in_site, act=None):
         w = self.qm.qweights.get(name)
@@ -553,7 +570,8 @@ class QuantExecutor(Executor):
         if (self.FUSE_SOFTMAX and not self.sim and prefix + ".scores" not in self.qm.site_qparams
                 and probs_qp.granularity == "tensor"):
             codes = fused.softmax_quantize(acc, seq_scale, bias, probs_qp.scale, probs_qp.zero_point, probs_qp.qmin,
-                                           probs_qp.qmax, probs_qp.int_dtype)
+                                           probs_qp.qmax, probs_qp.int_dtype,
+                                           self.buffer("codes:" + prefix + ".probs", acc.shape, probs_qp.int_dtype))
             p = self._emit(prefix + ".probs", QTensor(codes, probs_qp))
         else:
             scores = acc.astype(np.float32) * seq_scale[:, None, None, None]
@@ -572,7 +590,8 @@ class QuantExecutor(Executor):
                 acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt, out=out)
             else:
                 acc = kg.bgemm_s8s8(pc, vt, out=out)
-            return fused.merge_heads_scaled(acc, np.float32(probs_qp.scale) * sv, h)  # [B, T, C]
+            return fused.merge_heads_scaled(acc, np.float32(probs_qp.scale) * sv, h,  # [B, T, C]
+                                            self.buffer("ctx:" + prefix, (B, T, h * d), np.float32))
         return ops.merge_heads(ctx)
 
     def _attention_float(self, prefix, q, k, v, bias):

@@ -449,18 +449,18 @@ def _softmax_quantize_core(acc, seq_scale, key_bias, rel_bias, has_rel, p_scale,
 
 
 def softmax_quantize(acc: np.ndarray, seq_scale: np.ndarray, bias: np.ndarray, p_scale: float, zero_point: int,
-                     qmin: int, qmax: int, out_dtype) -> np.ndarray:
+                     qmin: int, qmax: int, out_dtype, out: np.ndarray | None = None) -> np.ndarray:
     """Attention probabilities straight from the Q K^T accumulators to their static codes.
 
     acc int32 [B, h, T, T]; seq_scale float32 [B] (= s_q s_k / sqrt(d), per sequence); bias float32
     broadcastable to [B, h, T, T] (key mask [B, 1, 1, T], or MPNet's full relative bias); the codes
     use the probs site's static (p_scale, zero_point) with the quantizers' convention
     clamp(rint(p / scale)) + zp. Equals quantize_static(softmax(float32(acc) * scale + bias)) up to
-    the exp's last-ulp rounding.
+    the exp's last-ulp rounding. out: an array of out_dtype [B, h, T, T] to write the codes into.
     """
     B, H, T, S = acc.shape
     bias = np.asarray(bias, np.float32)
-    out = np.empty((B, H, T, S), out_dtype)
+    out = chk.out_array(out, (B, H, T, S), np.dtype(out_dtype), "softmax_quantize")
     zp = int(zero_point)
     if not acc.size:
         return out
@@ -547,12 +547,18 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, p
 
 
 def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                   parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(a + b, layer_norm(a + b)) in one pass: float32 [..., C] twice -> (sum, normalised)."""
+                   parallel: bool = True, out_sum: np.ndarray | None = None,
+                   out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(a + b, layer_norm(a + b)) in one pass: float32 [..., C] twice -> (sum, normalised), written into
+    out_sum / out (float32, a's shape, distinct from a and b) when given."""
     a = np.ascontiguousarray(a, np.float32)
     b = np.ascontiguousarray(b, np.float32)
-    s = np.empty_like(a)
-    out = np.empty_like(a)
+    if a.shape != b.shape:
+        raise InputError(f"add_layer_norm: a {a.shape} and b {b.shape} must have the same shape")
+    s = chk.out_array(out_sum, a.shape, np.float32, "add_layer_norm: out_sum")
+    out = chk.out_array(out, a.shape, np.float32, "add_layer_norm: out")
+    if any(np.may_share_memory(o, i) for o in (s, out) for i in (a, b)) or np.may_share_memory(s, out):
+        raise InputError("add_layer_norm: out_sum and out must not overlap the inputs or each other")
     if a.size:
         C = a.shape[-1]
         _layer_norm_call(a.reshape(-1, C), b.reshape(-1, C), True, gamma, beta, eps, s.reshape(-1, C), out.reshape(-1, C),
@@ -643,13 +649,14 @@ def _merge_heads_rows(acc, scale, h, out):
                 o[j * d + e] = np.float32(a[e]) * s
 
 
-def merge_heads_scaled(acc: np.ndarray, scale: np.ndarray, heads: int) -> np.ndarray:
+def merge_heads_scaled(acc: np.ndarray, scale: np.ndarray, heads: int, out: np.ndarray | None = None) -> np.ndarray:
     """ops.merge_heads(acc.astype(float32) * scale[:, None, None, None]) in one pass: the integer
-    attention context int32 [B*h, T, d] with one float32 scale per sequence [B] -> float32 [B, T, h*d]."""
+    attention context int32 [B*h, T, d] with one float32 scale per sequence [B] -> float32 [B, T, h*d]
+    (into `out` when given)."""
     acc = np.ascontiguousarray(acc)
     Bh, T, d = acc.shape
     B = Bh // heads
-    out = np.empty((B, T, heads * d), np.float32)
+    out = chk.out_array(out, (B, T, heads * d), np.float32, "merge_heads_scaled")
     if out.size:
         _merge_heads_rows(acc, np.ascontiguousarray(scale, np.float32), heads, out)
     return out

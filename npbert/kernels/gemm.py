@@ -392,22 +392,13 @@ def _scratch(n: int, dtype) -> np.ndarray:
     """A per-thread buffer of at least n elements of dtype for the prepared activations (int16 widened,
     or uint8 for the quad kernel), kept between calls: a fresh multi-megabyte array per GEMM costs
     page faults comparable to a small GEMM."""
-    key = "a_" + np.dtype(dtype).name
-    buf = getattr(_SCRATCH, key, None)
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(dtype)  # keyed by the dtype as passed (np.int16 / np.uint8): no np.dtype() per call
     if buf is None or buf.size < n:
-        buf = np.empty(max(n, 1 << 16), dtype=dtype)
-        setattr(_SCRATCH, key, buf)
+        buf = bufs[dtype] = np.empty(max(n, 1 << 16), dtype=dtype)
     return buf[:n]
-
-
-def _out(out, shape: tuple, dtype, name: str) -> np.ndarray:
-    """The result array: `out` when given (checked), else a new one."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape and out.flags.c_contiguous
-            and out.flags.writeable):
-        raise InputError(f"{name}: out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {shape}")
-    return out
 
 
 def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dtype, kblock: int | None, out=None,
@@ -416,7 +407,7 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
     when given)."""
     M = a.shape[0]
     N, kp = pw.n, pw.kp
-    out = _out(out, (M, N), out_dtype, name)
+    out = C.out_array(out, (M, N), out_dtype, name)
     if M == 0 or N == 0 or kp == 0:
         out[...] = 0
         return out
@@ -435,7 +426,7 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     Every term is at most 255 * 64 * K in magnitude: int32 for K <= 131588."""
     M = a.shape[0]
     N, kq = pw.n, pw.kq
-    out = _out(out, (M, N), np.int32, name)
+    out = C.out_array(out, (M, N), np.int32, name)
     if M == 0 or N == 0 or kq == 0:
         out[...] = 0
         return out
@@ -556,7 +547,7 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         wp, woff, kps = pw.group_layout(bounds)
         aoff = np.concatenate([[0], np.cumsum(2 * kps)[:-1]]).astype(np.int64)
         lda = int(2 * kps.sum())
-        out = _out(out, (M, pw.n), np.float32, "gemm_grouped")
+        out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped")
         if M == 0 or pw.n == 0:
             return out
         ws = _NO_VEC if w_scale is None else C.f32_vector(w_scale, pw.n, "gemm_grouped: w_scale")
@@ -585,7 +576,7 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
     if bias is not None:
         res = res + C.f32_vector(bias, pw.n, "gemm_grouped: bias")
     if out is not None:
-        _out(out, (M, pw.n), np.float32, "gemm_grouped")[...] = res
+        C.out_array(out, (M, pw.n), np.float32, "gemm_grouped")[...] = res
         res = out
     return res if act is None else activation(act, res, inplace=True)
 
@@ -602,7 +593,7 @@ def bgemm_s8s8(a, b, out=None) -> np.ndarray:
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
     _check_batched(a, b, "bgemm_s8s8")
     _check_k(a.shape[2], K_MAX_S8S8, "bgemm_s8s8")
-    out = _out(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_s8s8")
+    out = C.out_array(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_s8s8")
     if out.size and a.shape[2]:
         _bgemm_core(a, 0, b, out)  # writes every element
     else:
@@ -617,7 +608,7 @@ def bgemm_u8s8(a, a_zero_point: int, b, out=None) -> np.ndarray:
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
     _check_batched(a, b, "bgemm_u8s8")
     _check_k(a.shape[2], K_MAX_U8S8, "bgemm_u8s8")
-    out = _out(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_u8s8")
+    out = C.out_array(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_u8s8")
     if out.size and a.shape[2]:
         _bgemm_core(a, zp, b, out)
     else:

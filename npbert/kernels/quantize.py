@@ -144,9 +144,10 @@ def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool =
     return q, scales, thresholds
 
 
-def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False):
+def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None):
     """quantize_dynamic, also returning each row's scale: (q [M, K], row_scale float32 [M] =
-    scales[segment of the row], scales [S], thresholds [S]). What a GEMM epilogue consumes."""
+    scales[segment of the row], scales [S], thresholds [S]). What a GEMM epilogue consumes.
+    out: an int8 (bits <= 8) / int16 [M, K] array to write the codes into, else a new one."""
     bits = C.int_arg(bits, "bits")
     if not 2 <= bits <= 16:
         raise QuantError(f"bits={bits}: dynamic quantization supports 2..16 bits")
@@ -167,7 +168,7 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
         if valid.shape != (M,):
             raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
     S = seg.size - 1
-    q = np.empty((M, K), dtype=np.int8 if bits <= 8 else np.int16)
+    q = C.out_array(out, (M, K), np.dtype(np.int8 if bits <= 8 else np.int16), "quantize_dynamic")
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)

@@ -300,3 +300,41 @@ def test_merge_heads_scaled_equals_numpy(B, h, T, d):
     got = F.merge_heads_scaled(acc, scale, h)
     assert got.shape == (B, T, h * d)
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_out_buffers_equal_fresh_results_and_are_checked():
+    """out= (the forward's reused buffers): the same bits as a fresh result, written into the buffer
+    given, whatever it held before; a buffer of the wrong shape / dtype / layout, or one overlapping an
+    input, is refused."""
+    rng = _rng(21)
+    a = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    b = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    g, beta = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    s_buf, y_buf = np.full_like(a, np.nan), np.full_like(a, np.nan)
+    s, y = F.add_layer_norm(a, b, g, beta, 1e-12, out_sum=s_buf, out=y_buf)
+    assert s is s_buf and y is y_buf
+    for u, v in zip((s, y), F.add_layer_norm(a, b, g, beta, 1e-12)):
+        np.testing.assert_array_equal(u, v)
+    for bad in (np.empty((3, 5, 15), np.float32), np.empty((3, 5, 16), np.float64), np.empty((3, 16, 5), np.float32).transpose(0, 2, 1)):
+        with pytest.raises(InputError, match="out must be"):
+            F.add_layer_norm(a, b, g, beta, 1e-12, out=bad)
+    with pytest.raises(InputError, match="overlap"):
+        F.add_layer_norm(a, b, g, beta, 1e-12, out=a)
+    with pytest.raises(InputError, match="same shape"):
+        F.add_layer_norm(a, b[:, :4], g, beta, 1e-12)
+
+    acc = rng.integers(-(2**20), 2**20, (6, 5, 8)).astype(np.int32)  # [B*h, T, d], h = 2
+    scale = np.array([1e-4, 3e-4, 2e-5], np.float32)
+    buf = np.full((3, 5, 16), np.nan, np.float32)
+    assert F.merge_heads_scaled(acc, scale, 2, out=buf) is buf
+    np.testing.assert_array_equal(buf, F.merge_heads_scaled(acc, scale, 2))
+    with pytest.raises(InputError, match="out must be"):
+        F.merge_heads_scaled(acc, scale, 2, out=np.empty((3, 5, 8), np.float32))
+
+    sc = rng.integers(-20000, 20000, (3, 2, 5, 5)).astype(np.int32)
+    bias = ops.mask_bias(np.ones((3, 5), np.int64))
+    codes = np.full((3, 2, 5, 5), 7, np.uint8)
+    assert F.softmax_quantize(sc, scale, bias, 1 / 255, 0, 0, 255, np.uint8, out=codes) is codes
+    np.testing.assert_array_equal(codes, F.softmax_quantize(sc, scale, bias, 1 / 255, 0, 0, 255, np.uint8))
+    with pytest.raises(InputError, match="out must be"):
+        F.softmax_quantize(sc, scale, bias, 1 / 255, 0, 0, 255, np.uint8, out=np.empty((3, 2, 5, 5), np.int8))

@@ -507,6 +507,9 @@ def test_quantize_dynamic_equals_reference(bits, tmiqr):
             _eq(s2, sr)
             _eq(t2, tr)
             _eq(row_scale, np.repeat(sr, np.diff(seg)).astype(np.float32))
+            buf = np.full(x.shape, 99, q.dtype)
+            assert quantize_dynamic_rows(x, seg, rv, bits=bits, tmiqr=tmiqr, out=buf)[0] is buf
+            _eq(buf, qr)
 
 
 def test_quantize_dynamic_error_bound_and_clamp():
