@@ -23,7 +23,6 @@ import json
 import math
 import re
 import threading
-import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -480,7 +479,7 @@ class QuantExecutor(Executor):
             return super().linear_site(name, x, in_site, out_site, act)
         lead, codes, qp, row_scale = inp
         N = w.packed.n
-        grid = _out_grid(oqp, N)
+        grid = _out_grid(oqp, N, self.qm.prepared)
         if qp is not None and qp.granularity == "group":
             y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, None,
                                 self._out_buffer(name, (codes.shape[0], N)))
@@ -619,7 +618,7 @@ class QuantExecutor(Executor):
         out_qp = self.qm.site_qparams.get(ln_name + ".out")
         if self.FUSE_RESIDUAL_LN and not self.sim and _fusable_residual(a, b, qp, out_qp):
             return QTensor(_residual_ln_int(a, b, qp, out_qp, self.params[ln_name + ".weight"],
-                                            self.params[ln_name + ".bias"], self.cfg.layer_norm_eps), out_qp)
+                                            self.params[ln_name + ".bias"], self.cfg.layer_norm_eps, self.qm.prepared), out_qp)
         return self.layer_norm(ln_name, self.add(add_name, a, b))  # the sum is quantized: its own steps
 
     def _emit(self, name: str, value):
@@ -673,32 +672,45 @@ def _contiguous_grid(qp: QParams, dtypes=None) -> bool:
             and (dtypes is None or np.dtype(qp.int_dtype) in dtypes))
 
 
-_GRIDS: "weakref.WeakKeyDictionary[QParams, fused.OutGrid]" = weakref.WeakKeyDictionary()
+def _out_grid(qp: QParams, N: int, cache: dict) -> "fused.OutGrid":
+    """qp as the fused kernels' OutGrid over N columns, built (and checked) once per QParams object."""
+    return _prepared(cache, ("grid", qp, N), lambda: fused.OutGrid(_out_groups(qp, N), qp.scale, qp.zero_point,
+                                                                   qp.qmin, qp.qmax, qp.int_dtype))
 
 
-def _out_grid(qp: QParams, N: int) -> "fused.OutGrid":
-    """qp as the fused kernels' OutGrid over N columns, built (and checked) once per QParams."""
-    grid = _GRIDS.get(qp)
-    if grid is None or grid.bounds[-1] != N:
-        grid = _GRIDS[qp] = fused.OutGrid(_out_groups(qp, N), qp.scale, qp.zero_point, qp.qmin, qp.qmax, qp.int_dtype)
-    return grid
+def _prepared(cache: dict, key: tuple, build):
+    """build(), once per key in `cache` (a QuantizedModel's): objects in the key count by identity
+    (QParams hash their arrays' bytes, which cost more per lookup than the kernels they feed at
+    batch 1), and the entry keeps them, so an id is never reused while its entry lives."""
+    ident = tuple(k if isinstance(k, (str, int)) else id(k) for k in key)
+    hit = cache.get(ident)
+    if hit is not None and all(x is y or (isinstance(y, (str, int)) and x == y) for x, y in zip(hit[0], key)):
+        return hit[1]
+    value = build()
+    cache[ident] = (key, value)
+    return value
 
 
 _ADD_CODES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
 _GRID_CODES = (*_ADD_CODES, np.dtype(np.uint16))
 
 
-def _residual_ln_int(a: QTensor, b: QTensor, qp: QParams, out_qp: QParams, gamma, beta, eps) -> np.ndarray:
+def _residual_ln_int(a: QTensor, b: QTensor, qp: QParams, out_qp: QParams, gamma, beta, eps, cache: dict) -> np.ndarray:
     C = a.q.shape[-1]
-    bounds = _out_groups(qp, C)
-    sa, za = _group_view(a, bounds)
-    sb, zb = _group_view(b, bounds)
-    G = len(bounds) - 1
-    s_scale = np.broadcast_to(np.asarray(qp.scale, np.float32), (G,))
-    so = s_scale.astype(np.float64)
-    s_zp = np.broadcast_to(np.asarray(qp.zero_point, np.float64), (G,))
-    return fused.residual_layer_norm_quantize(a.q, b.q, bounds, za, sa / so, zb, sb / so, s_zp, s_scale, qp.qmin, qp.qmax,
-                                              gamma, beta, eps, _out_grid(out_qp, C))
+
+    def grids():  # everything but the codes depends on the four grids only: prepared once
+        bounds = _out_groups(qp, C)
+        sa, za = _group_view(a, bounds)
+        sb, zb = _group_view(b, bounds)
+        G = len(bounds) - 1
+        s_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(qp.scale, np.float32), (G,)))
+        so = s_scale.astype(np.float64)
+        s_zp = np.broadcast_to(np.asarray(qp.zero_point, np.float64), (G,)).copy()
+        return (bounds, za, sa / so, zb, sb / so, s_zp, s_scale, qp.qmin, qp.qmax, gamma, beta, eps,
+                _out_grid(out_qp, C, cache))
+
+    args = _prepared(cache, ("residual", a.qp, b.qp, qp, out_qp, gamma, beta, C), grids)
+    return fused.residual_layer_norm_quantize(a.q, b.q, *args)
 
 
 def _add_requant_sim(a: QTensor, b: QTensor, qp: QParams) -> np.ndarray:
@@ -772,6 +784,7 @@ class QuantizedModel(Model):
         self.calibrated = False
         self.float_weights_released = False
         self._scratch_local = threading.local()
+        self.prepared: dict = {}  # kernel arguments derived from fixed grids (_prepared), per model
         for s, sp in self.specs.items():
             if sp.mode == "static" and sp.fixed_range is not None:
                 self.site_qparams[s] = qparams_from_range(*sp.fixed_range, sp.bits, sp.symmetric)
@@ -872,6 +885,7 @@ class QuantizedModel(Model):
                 sp = self.specs[s]
                 self.site_qparams[s] = qparams_from_range(*ranges[s], sp.bits, sp.symmetric)
         self.calibrated = True
+        self.prepared.clear()  # prepared from the previous grids
         self._quantize_weights()
         return self
 

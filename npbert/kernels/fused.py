@@ -275,10 +275,7 @@ def epilogue_quantize(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.
     _check_grid(grid, N, "epilogue_quantize")
     if act not in ACT_CODES:
         raise InputError(f"epilogue_quantize: unknown activation {act!r}")
-    try:
-        rs = np.ascontiguousarray(np.broadcast_to(np.asarray(row_scale, np.float64), (M,)))
-    except ValueError:
-        raise InputError(f"epilogue_quantize: row_scale must be a scalar or have shape [{M}]") from None
+    rs = _row_scales(row_scale, M, "epilogue_quantize")
     ws = chk.f32_vector(w_scale, N, "w_scale")
     b = _NO_BIAS if bias is None else chk.f32_vector(bias, N, "bias")
     return _quantize_out(np.ascontiguousarray(acc), _NO_ROWS, True, rs, ws, b, bias is not None, act, grid)
@@ -310,6 +307,17 @@ _NO_ROWS = np.zeros((1, 1), np.float32)
 _NO_SCALE = np.zeros(1, np.float64)
 
 
+def _row_scales(row_scale, M: int, what: str) -> np.ndarray:
+    """A per-row scale [M] or a scalar as float64 [M] (exact from float32), built directly:
+    np.broadcast_to costs more than a batch-1 epilogue's arithmetic."""
+    if isinstance(row_scale, np.ndarray) and row_scale.shape == (M,):
+        return row_scale.astype(np.float64)
+    rs = np.asarray(row_scale, np.float64)
+    if rs.size != 1:
+        raise InputError(f"{what}: row_scale must be a scalar or have shape [{M}], got shape {rs.shape}")
+    return np.full(M, rs.reshape(()))
+
+
 def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray | None, act: str | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
     """Integer accumulators -> float32 outputs of a linear layer, one pass.
@@ -319,14 +327,7 @@ def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray |
     out: a float32 [M, N] C-contiguous array to write into (else a new one).
     """
     M, N = acc.shape
-    # float64 [M] (exact from float32); built directly: np.broadcast_to cost more than the M = 128 pass
-    if isinstance(row_scale, np.ndarray) and row_scale.shape == (M,):
-        rs = row_scale.astype(np.float64)
-    else:
-        rs = np.asarray(row_scale, np.float64)
-        if rs.size != 1:
-            raise InputError(f"epilogue: row_scale must be a scalar or have shape [{M}], got {rs.shape}")
-        rs = np.full(M, rs.reshape(()))
+    rs = _row_scales(row_scale, M, "epilogue")
     if out is None:
         out = np.empty((M, N), np.float32)
     elif not (out.dtype == np.float32 and out.shape == (M, N) and out.flags.c_contiguous and out.flags.writeable):

@@ -134,16 +134,18 @@ class PackedInt8Weight:
             self._groups[key] = packs
         return packs
 
-    def group_layout(self, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The group packs' panels in one flat int8 array: (panels, offsets int64 [G], k-pairs int64 [G]);
-        group g's panel j starts at offsets[g] + j * kps[g] * 32. Cached per bounds."""
+    def group_layout(self, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The group packs' panels in one flat int8 array: (panels, offsets int64 [G], k-pairs int64 [G],
+        activation offsets int64 [G], lda); group g's panel j starts at offsets[g] + j * kps[g] * 32, its
+        widened activation columns at aoff[g] of each lda-long row. Cached per bounds."""
         key = b"layout" + bounds.tobytes()
         lay = self._groups.get(key)
         if lay is None:
             packs = self.group_packs(bounds)
             kps = np.array([p.kp for p in packs], np.int64)
             offs = np.concatenate([[0], np.cumsum([p.panels.size for p in packs])[:-1]]).astype(np.int64)
-            lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kps)
+            aoff = np.concatenate([[0], np.cumsum(2 * kps)[:-1]]).astype(np.int64)
+            lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kps, aoff, int(2 * kps.sum()))
         return lay
 
     def __repr__(self) -> str:
@@ -536,17 +538,20 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         raise QuantError("gemm_grouped: group scales must be finite")
     if a.dtype != np.int16:
         lo_z, hi_z = (0, 255) if a.dtype == np.uint8 else (-128, 127)
-        zp_arr = np.array([C.int_arg(z, "group_zero_points[g]") for z in zps], np.int64)
+        if np.issubdtype(zps.dtype, np.integer):
+            zp_arr = zps.astype(np.int64)
+        else:  # floats that are integral, or a clear error
+            zp_arr = np.array([C.int_arg(z, "group_zero_points[g]") for z in zps], np.int64)
         bad = np.flatnonzero((zp_arr < lo_z) | (zp_arr > hi_z))
         if bad.size:
             g = int(bad[0])
             raise QuantError(f"gemm_grouped: zero point {zp_arr[g]} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
-        for g in range(G):
-            _check_k(int(bounds[g + 1] - bounds[g]), K_MAX_U8S8, f"gemm_grouped group {g}")
+        widths = np.diff(bounds)
+        if widths.max() > K_MAX_U8S8:
+            g = int(np.argmax(widths))
+            _check_k(int(widths[g]), K_MAX_U8S8, f"gemm_grouped group {g}")
         # One pass: every group's tile accumulated while it is in registers / L1, one float32 store.
-        wp, woff, kps = pw.group_layout(bounds)
-        aoff = np.concatenate([[0], np.cumsum(2 * kps)[:-1]]).astype(np.int64)
-        lda = int(2 * kps.sum())
+        wp, woff, kps, aoff, lda = pw.group_layout(bounds)
         out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped")
         if M == 0 or pw.n == 0:
             return out

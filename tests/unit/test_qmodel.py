@@ -392,3 +392,20 @@ def test_seven_bit_weights_pick_the_quad_kernel(tiny):
     assert {w.packed.layout for w in quantize_model(tiny, "dynamic").qweights.values()} == {"pairs"}
     with pytest.raises(QuantError, match="bad option 'wbits=6'"):
         get_recipe("dynamic:wbits=6")
+
+
+def test_prepared_kernel_arguments_are_keyed_by_identity():
+    """Per-model cache of kernel arguments derived from fixed grids: objects count by identity (an
+    equal but distinct QParams / array is rebuilt for), ints and strings by value."""
+    from npbert.qmodel import _prepared
+    cache, calls = {}, []
+
+    def build():
+        calls.append(1)
+        return len(calls)
+
+    a, b = np.zeros(2), np.zeros(2)
+    assert _prepared(cache, ("grid", a, 384), build) == 1
+    assert _prepared(cache, ("grid", a, int("384")), build) == 1  # an equal int, another object
+    assert _prepared(cache, ("grid", b, 384), build) == 2  # an equal array, another object
+    assert _prepared(cache, ("grid", a, 385), build) == 3
