@@ -4,7 +4,8 @@
 
 At batch 8 x 128 tokens (M = 1024 rows; C = 384, I = 1536, 12 heads) every pass is timed in one
 process, kernels sampled in rotation, on the arrays the forward would hand it, with the reusable
-output buffers the forward passes (out=). Prints the median per call and ns per element; writes
+output buffers the forward passes (out=; the quantizing epilogues and static quantizers have none
+and allocate their codes, as in the forward). Prints the median per call and ns per element; writes
 bench/results/passes-b{batch}.json. Run it at two commits to see what a kernel change bought (the
 passes' signatures are those of npbert at and after 7a5d75a).
 """
@@ -58,11 +59,11 @@ def passes(B: int, rng) -> dict:
     bias = ops.mask_bias(np.ones((B, T), np.int64))
     sq = np.full(B, 1e-3, np.float32)
     out_f, out_fi = np.empty((M, C), np.float32), np.empty((M, I), np.float32)
-    codes, probs = np.empty((M, C), np.int8), np.empty((B, h, T, T), np.uint8)
+    codes, codes_i, probs = np.empty((M, C), np.int8), np.empty((M, I), np.int8), np.empty((B, h, T, T), np.uint8)
     s_buf, ln_buf, ctx_buf = np.empty((M, C), np.float32), np.empty((M, C), np.float32), np.empty((B, T, C), np.float32)
     return {
         "quantize_dynamic_rows [M, C]": (lambda: Q.quantize_dynamic_rows(x, seg, valid, out=codes), M * C),
-        "quantize_dynamic_rows [M, I]": (lambda: Q.quantize_dynamic_rows(x_i, seg, valid), M * I),
+        "quantize_dynamic_rows [M, I]": (lambda: Q.quantize_dynamic_rows(x_i, seg, valid, out=codes_i), M * I),
         "epilogue [M, C]": (lambda: F.epilogue(acc, rs, ws, b, None, out_f), M * C),
         "epilogue gelu [M, I]": (lambda: F.epilogue(acc_i, rs, ws_i, b_i, "gelu", out_fi), M * I),
         "epilogue_quantize u8 [M, C]": (lambda: F.epilogue_quantize(acc, 1e-4, ws, b, None, grid_u8), M * C),

@@ -347,9 +347,13 @@ class QuantExecutor(Executor):
     # Fuse the attention scores -> softmax -> probs codes chain into one kernel (skipping the
     # float `scores` site when it is not quantized). Executors that tap every site turn this off.
     FUSE_SOFTMAX = True
-    # Write encoder linears' float outputs into per-role buffers reused layer after layer (each is
-    # consumed within its layer: quantized, or added into the residual stream). Executors that keep
-    # site values (taps) turn this off, or later layers would overwrite what they kept.
+    # Write the encoder's large intermediate values into per-role buffers reused layer after layer and
+    # forward after forward (see buffer()): linear outputs and accumulators, dynamic codes, attention
+    # probabilities and contexts, residual sums and LayerNorm outputs. Each call site of buffer() is for
+    # a value whose last reader runs before the same role of the next layer is written (an output
+    # LayerNorm is read by the next layer's attention block, before that layer's own output LayerNorm);
+    # a new call site must keep to that. Executors that keep site values (taps) turn this off, or later
+    # layers would overwrite what they kept.
     REUSE_OUTPUTS = True
     # Integer residual sum -> dequantize -> LayerNorm -> quantize as one kernel when the sum and the
     # LayerNorm output are both static per tensor / per group (w8a8, w8a8-mp, peg). Bit-identical to
@@ -788,6 +792,11 @@ class QuantizedModel(Model):
         for s, sp in self.specs.items():
             if sp.mode == "static" and sp.fixed_range is not None:
                 self.site_qparams[s] = qparams_from_range(*sp.fixed_range, sp.bits, sp.symmetric)
+
+    def release_scratch(self) -> None:
+        """Drop the calling thread's reusable buffers (they only grow: a batch of 64 x 512 tokens leaves
+        hundreds of MB behind until the model or the thread goes away); the next forward reallocates."""
+        self._scratch_local.bufs = {}
 
     def scratch(self, role: str, shape: tuple, dtype) -> np.ndarray:
         """A reusable buffer per (thread, role): grow-only flat storage viewed as `shape`. For values

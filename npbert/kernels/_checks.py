@@ -86,15 +86,17 @@ def f32_vector(v, n: int, name: str) -> np.ndarray:
     return v
 
 
-def out_array(out, shape: tuple, dtype, name: str) -> np.ndarray:
+def out_array(out, shape: tuple, dtype, name: str, inputs: tuple = ()) -> np.ndarray:
     """The result array of a kernel: `out` when given (checked: a writeable C-contiguous array of
     exactly this shape and dtype, which the kernel overwrites), else a new one. Callers that run
     the same shapes again (a forward, layer after layer) pass buffers they keep: a fresh
     multi-megabyte array per call costs its page faults (measured: a MiniLM batch-8 forward took
-    12,000 minor faults)."""
+    12,000 minor faults). `out` must not overlap any of `inputs` (the kernels read them while writing)."""
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == tuple(shape) and out.flags.c_contiguous
             and out.flags.writeable):
         raise InputError(f"{name}: out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {tuple(shape)}")
+    if any(np.may_share_memory(out, x) for x in inputs):
+        raise InputError(f"{name}: out must not overlap the inputs; pass a separate buffer")
     return out

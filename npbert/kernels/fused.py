@@ -310,10 +310,10 @@ _NO_SCALE = np.zeros(1, np.float64)
 def _row_scales(row_scale, M: int, what: str) -> np.ndarray:
     """A per-row scale [M] or a scalar as float64 [M] (exact from float32), built directly:
     np.broadcast_to costs more than a batch-1 epilogue's arithmetic."""
-    if isinstance(row_scale, np.ndarray) and row_scale.shape == (M,):
-        return row_scale.astype(np.float64)
     rs = np.asarray(row_scale, np.float64)
-    if rs.size != 1:
+    if rs.shape == (M,):
+        return np.ascontiguousarray(rs)
+    if rs.ndim > 1 or rs.size != 1:
         raise InputError(f"{what}: row_scale must be a scalar or have shape [{M}], got shape {rs.shape}")
     return np.full(M, rs.reshape(()))
 
@@ -328,10 +328,7 @@ def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray |
     """
     M, N = acc.shape
     rs = _row_scales(row_scale, M, "epilogue")
-    if out is None:
-        out = np.empty((M, N), np.float32)
-    elif not (out.dtype == np.float32 and out.shape == (M, N) and out.flags.c_contiguous and out.flags.writeable):
-        raise InputError(f"epilogue: out must be a writeable C-contiguous float32 array of shape {(M, N)}")
+    out = chk.out_array(out, (M, N), np.float32, "epilogue", (acc,))
     if M and N:
         b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
         _epilogue_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,
@@ -461,7 +458,7 @@ def softmax_quantize(acc: np.ndarray, seq_scale: np.ndarray, bias: np.ndarray, p
     """
     B, H, T, S = acc.shape
     bias = np.asarray(bias, np.float32)
-    out = chk.out_array(out, (B, H, T, S), np.dtype(out_dtype), "softmax_quantize")
+    out = chk.out_array(out, (B, H, T, S), np.dtype(out_dtype), "softmax_quantize", (acc,))
     zp = int(zero_point)
     if not acc.size:
         return out
@@ -556,10 +553,8 @@ def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.nda
     b = np.ascontiguousarray(b, np.float32)
     if a.shape != b.shape:
         raise InputError(f"add_layer_norm: a {a.shape} and b {b.shape} must have the same shape")
-    s = chk.out_array(out_sum, a.shape, np.float32, "add_layer_norm: out_sum")
-    out = chk.out_array(out, a.shape, np.float32, "add_layer_norm: out")
-    if any(np.may_share_memory(o, i) for o in (s, out) for i in (a, b)) or np.may_share_memory(s, out):
-        raise InputError("add_layer_norm: out_sum and out must not overlap the inputs or each other")
+    s = chk.out_array(out_sum, a.shape, np.float32, "add_layer_norm: out_sum", (a, b))
+    out = chk.out_array(out, a.shape, np.float32, "add_layer_norm: out", (a, b, s))
     if a.size:
         C = a.shape[-1]
         _layer_norm_call(a.reshape(-1, C), b.reshape(-1, C), True, gamma, beta, eps, s.reshape(-1, C), out.reshape(-1, C),
@@ -659,7 +654,7 @@ def merge_heads_scaled(acc: np.ndarray, scale: np.ndarray, heads: int, out: np.n
     acc = np.ascontiguousarray(acc)
     Bh, T, d = acc.shape
     B = Bh // heads
-    out = chk.out_array(out, (B, T, heads * d), np.float32, "merge_heads_scaled")
+    out = chk.out_array(out, (B, T, heads * d), np.float32, "merge_heads_scaled", (acc,))
     if out.size:
         _merge_heads_rows(acc, np.ascontiguousarray(scale, np.float32), heads, out)
     return out

@@ -538,14 +538,15 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         raise QuantError("gemm_grouped: group scales must be finite")
     if a.dtype != np.int16:
         lo_z, hi_z = (0, 255) if a.dtype == np.uint8 else (-128, 127)
-        if np.issubdtype(zps.dtype, np.integer):
-            zp_arr = zps.astype(np.int64)
-        else:  # floats that are integral, or a clear error
-            zp_arr = np.array([C.int_arg(z, "group_zero_points[g]") for z in zps], np.int64)
-        bad = np.flatnonzero((zp_arr < lo_z) | (zp_arr > hi_z))
-        if bad.size:
-            g = int(bad[0])
-            raise QuantError(f"gemm_grouped: zero point {zp_arr[g]} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
+        if np.issubdtype(zps.dtype, np.integer) and np.can_cast(zps.dtype, np.int64):  # (uint64 would wrap)
+            zp_list = zps.astype(np.int64)
+        else:  # integral floats, Python ints of any size: checked as Python ints before any cast
+            zp_list = [C.int_arg(z, "group_zero_points[g]") for z in zps]
+        bad = [g for g in range(G) if not lo_z <= zp_list[g] <= hi_z]
+        if bad:
+            g = bad[0]
+            raise QuantError(f"gemm_grouped: zero point {zp_list[g]} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
+        zp_arr = np.asarray(zp_list, np.int64)
         widths = np.diff(bounds)
         if widths.max() > K_MAX_U8S8:
             g = int(np.argmax(widths))

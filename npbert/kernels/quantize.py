@@ -168,7 +168,7 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
         if valid.shape != (M,):
             raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
     S = seg.size - 1
-    q = C.out_array(out, (M, K), np.dtype(np.int8 if bits <= 8 else np.int16), "quantize_dynamic")
+    q = C.out_array(out, (M, K), np.dtype(np.int8 if bits <= 8 else np.int16), "quantize_dynamic_rows", (x,))
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
@@ -188,7 +188,8 @@ def _quantize_static_span(x, xi, lo_i, hi_i, scale, lo, hi, zpf, out):
     """out[i] = clamp(rint(x[i] / scale), lo, hi) + zp for i in [lo_i, hi_i), all in float32 (exact:
     |values| < 2^24), NaN -> zp; returns the max |x| bit pattern (>= 0x7F800000: NaN/Inf present)."""
     # slices + a range from 0: indices LLVM can prove in bounds and non-negative, so no wrap-around
-    # checks and the loop vectorises (indexing x[i] for i in range(lo_i, hi_i) ran ~8x slower)
+    # checks and the loop vectorises (x[i] for i in range(lo_i, hi_i) made quantize_static 3.5x slower,
+    # bench/results/passes-b8*.json)
     xs, bs, os_ = x[lo_i:hi_i], xi[lo_i:hi_i], out[lo_i:hi_i]
     mb = np.int32(0)
     for k in range(xs.shape[0]):

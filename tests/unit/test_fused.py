@@ -338,3 +338,18 @@ def test_out_buffers_equal_fresh_results_and_are_checked():
     np.testing.assert_array_equal(codes, F.softmax_quantize(sc, scale, bias, 1 / 255, 0, 0, 255, np.uint8))
     with pytest.raises(InputError, match="out must be"):
         F.softmax_quantize(sc, scale, bias, 1 / 255, 0, 0, 255, np.uint8, out=np.empty((3, 2, 5, 5), np.int8))
+
+
+def test_out_buffers_refuse_overlap_and_take_sequences_of_scales():
+    rng = _rng(22)
+    acc = rng.integers(-(2**20), 2**20, (6, 5, 8)).astype(np.int32)
+    with pytest.raises(InputError, match="overlap"):  # same size and element width as acc: would be accepted by shape
+        F.merge_heads_scaled(acc, np.ones(3, np.float32), 2, out=acc.view(np.float32).reshape(3, 5, 16))
+    a2 = rng.integers(-100, 100, (3, 4)).astype(np.int32)
+    ws = np.ones(4, np.float32)
+    with pytest.raises(InputError, match="overlap"):
+        F.epilogue(a2, 1.0, ws, None, out=a2.view(np.float32))
+    # a list of per-row scales is a per-row scale, as an array is
+    np.testing.assert_array_equal(F.epilogue(a2, [0.5, 0.25, 2.0], ws, None), F.epilogue(a2, np.array([0.5, 0.25, 2.0]), ws, None))
+    with pytest.raises(InputError, match="row_scale"):
+        F.epilogue(a2, np.ones((3, 1)), ws, None)

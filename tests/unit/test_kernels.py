@@ -377,6 +377,9 @@ def test_gemm_bad_arguments():
         gemm_grouped(_u8(rng, (2, 6)), np.array([0, 3, 6]), np.zeros(3, np.int32), np.ones(2, np.float32), w)
     with pytest.raises(QuantError):
         gemm_grouped(_i8(rng, (2, 6)), np.array([0, 3, 6]), np.array([0, 200]), np.ones(2, np.float32), w)
+    for zps in (np.array([0, 2**64 - 1], np.uint64), np.array([0.0, 0.5])):  # no wrap-around to -1, no truncation
+        with pytest.raises(QuantError):
+            gemm_grouped(_i8(rng, (2, 6)), np.array([0, 3, 6]), zps, np.ones(2, np.float32), w)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16])
@@ -510,6 +513,8 @@ def test_quantize_dynamic_equals_reference(bits, tmiqr):
             buf = np.full(x.shape, 99, q.dtype)
             assert quantize_dynamic_rows(x, seg, rv, bits=bits, tmiqr=tmiqr, out=buf)[0] is buf
             _eq(buf, qr)
+    with pytest.raises(InputError, match="overlap"):
+        quantize_dynamic_rows(x, np.array([0, M]), None, bits=16, out=x.view(np.int16).reshape(-1)[: M * K].reshape(M, K))
 
 
 def test_quantize_dynamic_error_bound_and_clamp():

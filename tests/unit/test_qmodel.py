@@ -305,24 +305,40 @@ def test_int8_embeddings_cost_little_on_minilm(minilm_dir, recipe):
     assert nmse(y8, ref, b.attention_mask) <= 1.1 * nmse(y, ref, b.attention_mask)
 
 
-@pytest.mark.parametrize("recipe", ["dynamic", "tm-iqr", "w8a8", "peg"])
-def test_reused_buffers_never_leak_into_results(tiny, recipe, monkeypatch):
+# roles QuantExecutor.buffer must hand out (a forward that silently allocated everything fresh would
+# still be correct, only slower: this pins that the buffers are in use)
+_DYNAMIC_ROLES = {"out:attention.self.query", "codes:attention.self.query.out", "codes:attention.self.probs",
+                  "ctx:attention.self", ":attention.output.residual", ":attention.output.LayerNorm.out",
+                  ":output.LayerNorm.out", "codes:output.LayerNorm.out"}
+_STATIC_ROLES = {"codes:attention.self.probs", "ctx:attention.self", "acc"}
+
+
+@pytest.mark.parametrize("model_name,recipe", [("tiny-bert", "dynamic"), ("tiny-bert", "tm-iqr"), ("tiny-bert", "w8a8"),
+                                               ("tiny-bert", "peg"), ("tiny-bert-token", "dynamic"),
+                                               ("tiny-roberta-bf16", "dynamic")])
+def test_reused_buffers_never_leak_into_results(model_name, recipe, monkeypatch):
     """Encoder values (GEMM outputs and accumulators, dynamic codes, probabilities, attention contexts,
     LayerNorm outputs) live in buffers reused across layers and forwards: a returned result must not
-    change when the model runs again (on other inputs), a rerun must reproduce it bit for bit, and it
-    must equal, bit for bit, a forward that allocates every value fresh."""
-    qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
-    b1, b2 = tiny.tokenizer.encode(TINY_TEXTS[:3]), tiny.tokenizer.encode(TINY_TEXTS[3:])
+    change when the model runs again (on other inputs, of another shape), a rerun must reproduce it bit
+    for bit, and it must equal, bit for bit, a forward that allocates every value fresh."""
+    from npbert.qmodel import QuantExecutor
+    model = load_model(GOLDEN / model_name)
+    qm = quantize_model(model, recipe, calibration=TINY_TEXTS)
+    b1, b2 = model.tokenizer.encode(TINY_TEXTS[:3]), model.tokenizer.encode(TINY_TEXTS[3:])
     o1 = qm.forward(b1)
     h1, l1 = o1.last_hidden_state.copy(), None if o1.logits is None else o1.logits.copy()
+    roles = {k[0] for k in qm._scratch_local.bufs}
+    assert (_DYNAMIC_ROLES if recipe in ("dynamic", "tm-iqr") else _STATIC_ROLES) <= roles, roles
     qm.forward(b2)
     assert np.array_equal(o1.last_hidden_state, h1)
     if l1 is not None:
         assert np.array_equal(o1.logits, l1)
     assert np.array_equal(qm.forward(b1).last_hidden_state, h1)
-    from npbert.qmodel import QuantExecutor
     monkeypatch.setattr(QuantExecutor, "REUSE_OUTPUTS", False)
-    assert np.array_equal(qm.forward(b1).last_hidden_state, h1)
+    o3 = qm.forward(b1)
+    assert np.array_equal(o3.last_hidden_state, h1)
+    if l1 is not None:
+        assert np.array_equal(o3.logits, l1)
 
 
 def test_peg_range_split(tiny):
