@@ -334,6 +334,9 @@ def test_reused_buffers_never_leak_into_results(model_name, recipe, monkeypatch)
     if l1 is not None:
         assert np.array_equal(o1.logits, l1)
     assert np.array_equal(qm.forward(b1).last_hidden_state, h1)
+    qm.release_scratch()
+    assert not qm._scratch_local.bufs
+    assert np.array_equal(qm.forward(b1).last_hidden_state, h1)
     monkeypatch.setattr(QuantExecutor, "REUSE_OUTPUTS", False)
     o3 = qm.forward(b1)
     assert np.array_equal(o3.last_hidden_state, h1)
