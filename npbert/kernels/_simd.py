@@ -12,8 +12,8 @@ one adds s * float64(tile) into a float64 [4, 16] buffer, the finishing one also
 multiplies the W scales, adds the biases and stores the tile into the float32 result.
 
 Editing this file: numba's on-disk cache (cache=True) keys gemm.py's compiled functions on gemm.py's
-own source, not on the functions they inline from here; after changing the kernel, delete
-npbert/kernels/__pycache__ (or run once with NPBERT_JIT_CACHE=0) so no stale machine code is loaded.
+own source, not on the functions they inline from here; npbert._jit.drop_stale_cache therefore drops
+the package's whole cache when any of its sources changes.
 """
 
 from __future__ import annotations

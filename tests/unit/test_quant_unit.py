@@ -310,3 +310,20 @@ def test_peg_too_few_dims():
         peg_qparams(np.zeros(3), np.ones(3), 4, 8, True, permute=False)
     with pytest.raises(QuantError, match="per-dim ranges"):
         peg_qparams(np.float32(0.0), np.float32(1.0), 1, 8, True, permute=False)
+
+
+def test_stale_jit_cache_is_dropped_when_any_source_changes(tmp_path):
+    """numba keys cached code on each function's own file only; npbert drops the whole package cache
+    when any source changes (a kernel inlined from another file would otherwise stay stale)."""
+    from npbert._jit import drop_stale_cache
+    pkg = tmp_path / "pkg"
+    (pkg / "sub" / "__pycache__").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    cached = pkg / "sub" / "__pycache__" / "b.f-1.py311.nbi"
+    cached.write_text("")
+    assert drop_stale_cache(pkg) and not cached.exists()  # no stamp yet: dropped, stamp written
+    cached.write_text("")
+    assert not drop_stale_cache(pkg) and cached.exists()  # unchanged sources: kept
+    (pkg / "a.py").write_text("x = 3\n")  # another file than the cached function's
+    assert drop_stale_cache(pkg) and not cached.exists()
