@@ -510,16 +510,16 @@ class QuantExecutor(Executor):
 
     def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
         """With REUSE_OUTPUTS, one scratch array per role, shared by the same value of every layer
-        (role = name without its "encoder.layer.N." prefix): every such value is dead before the next
-        layer produces it. None (a fresh array) for the simulation, for values outside the encoder
-        layers and the embeddings, and for the last layer's output, which escapes the forward."""
+        (name = "tag:site", role = the site without its "encoder.layer.N." prefix): each such value is
+        dead before its role is written again (see REUSE_OUTPUTS). None (a fresh array) for the
+        simulation, for values outside the encoder layers and the embeddings, and for the last layer's
+        output, which escapes the forward."""
         if not self.REUSE_OUTPUTS or self.sim:
             return None
         tag, _, site = name.rpartition(":")
         if site.startswith("encoder.layer."):
-            if site.startswith(self._last_layer):
-                if site.endswith(".output.LayerNorm.out"):
-                    return None
+            if site.startswith(self._last_layer) and site.endswith(".output.LayerNorm.out"):
+                return None
             site = site.split(".", 3)[-1]
         elif not site.startswith("embeddings."):
             return None
