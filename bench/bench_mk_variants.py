@@ -6,28 +6,30 @@ npbert's s8s8 / u8s8 micro-kernel (npbert/kernels/_simd.py) issues, per k-pair o
 sign-extending weight loads (vpmovsxbw), four 32-bit activation broadcasts (vpbroadcastd), eight
 vpmaddwd and eight vpaddd. Two of those four kinds could be removed by storing the operands
 differently: int16 weights (plain loads; twice the bytes) and activations pre-replicated eight times
-(plain loads instead of broadcasts; 8x the bytes). This script builds the four combinations as
-numba intrinsics (the same IR pattern as _simd._pair_loop, otherwise unchanged), checks they agree,
-and times each on L1-resident operands (128 k-pairs, one thread, best of 7). If all four run at the
-same speed, the multiply-add pair is the bound and no operand layout can lift it.
+(plain loads instead of broadcasts; 8x the bytes). This script builds the four combinations from
+npbert's own k-pair loop (_simd._pair_loop: the weight dtype picks the load, its load_pair hook the
+activation operand), checks each against int64, and times it on L1-resident operands (128 k-pairs,
+one thread, best of 7). If all four run at the same speed, the multiply-add pair is the bound and
+no operand layout can lift it.
 """
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
-import time  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _util  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import njit, types  # noqa: E402
-from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-MR, NR = 4, 16  # the tile of npbert's micro-kernel
+from npbert.kernels._simd import MR, NR, _broadcast_pair, _pair_loop  # noqa: E402
+
 K_PAIRS = 128  # 4 x 256 activations + 256 x 16 weights: L1-resident
 VARIANTS = {  # name -> (activations pre-replicated, weights stored as int16)
     "broadcast + sign-extend (npbert)": (False, False),
@@ -37,52 +39,28 @@ VARIANTS = {  # name -> (activations pre-replicated, weights stored as int16)
 }
 
 
-def make_kernel(a_replicated: bool, w_int16: bool):
-    """A 4 x 16 tile kernel, out += A W^T over npairs k-pairs, looped `reps` times (njit)."""
+def _replicated_pair(builder, row, p):
+    """The row holds each k-pair eight times (16 int16 per pair): a plain <16 x i16> load."""
+    src = builder.gep(row, [builder.mul(p, ir.Constant(ir.IntType(64), 16))])
+    return builder.load(builder.bitcast(src, ir.VectorType(ir.IntType(16), 16).as_pointer()), align=2)
+
+
+def make_kernel(a_replicated: bool):
+    """run(a, lda, wp, npairs, out, reps): out += the 4 x 16 tile A W^T, `reps` times (njit); the
+    weight panel's dtype (int8 or int16) selects its load inside _pair_loop."""
+    load_pair = _replicated_pair if a_replicated else _broadcast_pair
 
     @intrinsic
-    def tile(typingctx, a, lda, wp, npairs, out):
-        sig = types.void(a, types.intp, wp, types.intp, out)
+    def tile(typingctx, a, a_off, lda, wp, w_off, npairs, out):
+        sig = types.void(a, types.intp, types.intp, wp, types.intp, types.intp, out)
 
         def codegen(context, builder, signature, args):
-            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            w_arr = context.make_array(signature.args[2])(context, builder, args[2])
-            lda_v, npairs_v = args[1], args[3]
-            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            wt = i16 if w_int16 else ir.IntType(8)
-            v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
-            v16w = ir.VectorType(wt, 16)
-            even, odd = ir.Constant(v8i32, list(range(0, 16, 2))), ir.Constant(v8i32, list(range(1, 16, 2)))
-            splat0, undef8 = ir.Constant(v8i32, [0] * 8), ir.Constant(v8i32, ir.Undefined)
-            a_base = builder.bitcast(a_arr.data, i16.as_pointer())
-            w_base = builder.bitcast(w_arr.data, wt.as_pointer())
-            rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
-            with cgutils.for_range(builder, npairs_v) as loop:
-                p = loop.index
-                wp_p = builder.gep(w_base, [builder.mul(p, ir.Constant(i64, 2 * NR))])
-                w_lo = builder.load(builder.bitcast(wp_p, v16w.as_pointer()), align=1)
-                w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16w.as_pointer()), align=1)
-                w32 = (builder.sext(w_lo, v16i32), builder.sext(w_hi, v16i32))
-                for r in range(MR):
-                    if a_replicated:  # row r holds each k-pair eight times: 16 int16 per pair, a plain load
-                        src = builder.gep(rows[r], [builder.mul(p, ir.Constant(i64, 16))])
-                        b16 = builder.load(builder.bitcast(src, v16i16.as_pointer()), align=2)
-                    else:  # npbert: one 32-bit broadcast of the pair
-                        src = builder.gep(rows[r], [builder.shl(p, ir.Constant(i64, 1))])
-                        pair = builder.load(builder.bitcast(src, i32.as_pointer()), align=2)
-                        b = builder.shuffle_vector(builder.insert_element(undef8, pair, ir.Constant(i32, 0)), undef8, splat0)
-                        b16 = builder.bitcast(b, v16i16)
-                    b32 = builder.sext(b16, v16i32)
-                    for h in range(2):  # sext * sext, even + odd lanes: the vpmaddwd pattern
-                        prod = builder.mul(b32, w32[h])
-                        s = builder.add(builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd))
-                        acc = accs[2 * r + h]
-                        builder.store(builder.add(builder.load(acc), s), acc)
-            o_base = builder.bitcast(context.make_array(signature.args[4])(context, builder, args[4]).data, v8i32.as_pointer())
-            for i in range(2 * MR):
-                dst = builder.gep(o_base, [ir.Constant(i64, i)])
-                builder.store(builder.add(builder.load(dst, align=4), builder.load(accs[i])), dst, align=4)
+            accs = _pair_loop(context, builder, signature, args, load_pair)
+            v8i32 = ir.VectorType(ir.IntType(32), 8)
+            o_base = builder.bitcast(context.make_array(signature.args[6])(context, builder, args[6]).data, v8i32.as_pointer())
+            for i, acc in enumerate(accs):
+                dst = builder.gep(o_base, [ir.Constant(ir.IntType(64), i)])
+                builder.store(builder.add(builder.load(dst, align=4), acc), dst, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -90,7 +68,7 @@ def make_kernel(a_replicated: bool, w_int16: bool):
     @njit
     def run(a, lda, wp, npairs, out, reps):
         for _ in range(reps):
-            tile(a, lda, wp, npairs, out)
+            tile(a, 0, lda, wp, 0, npairs, out)
 
     return run
 
@@ -108,7 +86,7 @@ def main() -> int:
     want = a.astype(np.int64) @ w8.reshape(K_PAIRS, NR, 2).transpose(1, 0, 2).reshape(NR, 2 * K_PAIRS).astype(np.int64).T
     rows = []
     for name, (rep, wide) in VARIANTS.items():
-        run = make_kernel(rep, wide)
+        run = make_kernel(rep)
         A, W = (a_rep if rep else a), (w8.astype(np.int16) if wide else w8)
         out = np.zeros(MR * NR, np.int32)
         run(A.reshape(-1), A.shape[1], W, K_PAIRS, out, 1)

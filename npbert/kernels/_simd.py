@@ -69,20 +69,35 @@ def _is_flat(t, dtype) -> bool:
     return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == dtype
 
 
-def _pair_loop(context, builder, signature, args):
-    """Emit the k-pair loop; returns the eight <8 x i32> accumulators (row r, half h at 2r + h)."""
+def _splat8(builder, x):
+    """<8 x T> of copies of the scalar x."""
+    i32 = ir.IntType(32)
+    undef = ir.Constant(ir.VectorType(x.type, 8), ir.Undefined)
+    return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef,
+                                  ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+
+def _broadcast_pair(builder, row, p):
+    """Row r's k-pair p, (a[r, 2p], a[r, 2p+1]), as a <16 x i16> of 8 copies: one 32-bit broadcast."""
+    src = builder.gep(row, [builder.shl(p, ir.Constant(ir.IntType(64), 1))])
+    pair = builder.load(builder.bitcast(src, ir.IntType(32).as_pointer()), align=2)
+    return builder.bitcast(_splat8(builder, pair), ir.VectorType(ir.IntType(16), 16))
+
+
+def _pair_loop(context, builder, signature, args, load_pair=_broadcast_pair):
+    """Emit the k-pair loop; returns the eight <8 x i32> accumulators (row r, half h at 2r + h).
+    load_pair(builder, row, p): how a row's k-pair reaches its <16 x i16> operand (an i16* row; the
+    default broadcasts it; bench/bench_mk_variants.py times other operand layouts through this)."""
     a_arr = context.make_array(signature.args[0])(context, builder, args[0])
     w_arr = context.make_array(signature.args[3])(context, builder, args[3])
     a_off_v, lda_v, w_off_v, npairs_v = args[1], args[2], args[4], args[5]
     i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
     wt = ir.IntType(signature.args[3].dtype.bitwidth)  # panel element: i16, or i8 (sign-extended in
     # the loop: vpmovsxbw from memory; the products' operands still fit i16, so vpmaddwd matches)
-    v16i16, v16i32, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+    v16i32, v8i32 = ir.VectorType(i32, 16), ir.VectorType(i32, 8)
     v16w = ir.VectorType(wt, 16)
     even = ir.Constant(v8i32, list(range(0, 16, 2)))
     odd = ir.Constant(v8i32, list(range(1, 16, 2)))
-    splat0 = ir.Constant(v8i32, [0] * 8)
-    undef8 = ir.Constant(v8i32, ir.Undefined)
     i16p = i16.as_pointer()
 
     a_base = builder.gep(builder.bitcast(a_arr.data, i16p), [a_off_v])
@@ -96,11 +111,8 @@ def _pair_loop(context, builder, signature, args):
         w_lo = builder.load(builder.bitcast(wp_p, v16w.as_pointer()), align=1)
         w_hi = builder.load(builder.bitcast(builder.gep(wp_p, [ir.Constant(i64, NR)]), v16w.as_pointer()), align=1)
         w32 = (builder.sext(w_lo, v16i32), builder.sext(w_hi, v16i32))
-        p2 = builder.shl(p, ir.Constant(i64, 1))
         for r in range(MR):
-            pair = builder.load(builder.bitcast(builder.gep(rows[r], [p2]), i32.as_pointer()), align=2)
-            b = builder.shuffle_vector(builder.insert_element(undef8, pair, ir.Constant(i32, 0)), undef8, splat0)
-            b32 = builder.sext(builder.bitcast(b, v16i16), v16i32)
+            b32 = builder.sext(load_pair(builder, rows[r], p), v16i32)
             for h in range(2):
                 prod = builder.mul(b32, w32[h])
                 s = builder.add(builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd))
@@ -147,9 +159,7 @@ def _microkernel_scaled_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s)
         y_arr = context.make_array(signature.args[6])(context, builder, args[6])
         f64 = ir.DoubleType()
         v8f64 = ir.VectorType(f64, 8)
-        undef = ir.Constant(v8f64, ir.Undefined)
-        sv = builder.shuffle_vector(builder.insert_element(undef, args[7], ir.Constant(ir.IntType(32), 0)), undef,
-                                    ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        sv = _splat8(builder, args[7])
         y_base = builder.bitcast(y_arr.data, f64.as_pointer())
         for i, acc in enumerate(accs):  # acc 2r + h holds tile[r, 8h:8h+8] = yt[16r + 8h : ...] = yt[8i : 8i + 8]
             dst = builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]), v8f64.as_pointer())
@@ -183,9 +193,7 @@ def _microkernel_finish_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s,
         arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
         f32, f64, i32, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
         v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
-        undef = ir.Constant(v8f64, ir.Undefined)
-        sv = builder.shuffle_vector(builder.insert_element(undef, args[7], ir.Constant(i32, 0)), undef,
-                                    ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+        sv = _splat8(builder, args[7])
         y_base = builder.bitcast(arr(6).data, f64.as_pointer())
         ws_base = builder.bitcast(arr(8).data, f32.as_pointer())
         bs_base = builder.bitcast(arr(9).data, f32.as_pointer())
@@ -286,8 +294,6 @@ def _microkernel_u8s7_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_o
         rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
         ones = ir.Constant(v16i16, [1] * 16)
-        undef8 = ir.Constant(v8i32, ir.Undefined)
-        splat0 = ir.Constant(v8i32, [0] * 8)
         with cgutils.for_range(builder, nq_v) as loop:
             q = loop.index
             wq_q = builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))])
@@ -296,8 +302,7 @@ def _microkernel_u8s7_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_o
             q4 = builder.shl(q, ir.Constant(i64, 2))
             for r in range(MR):
                 quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
-                b = builder.shuffle_vector(builder.insert_element(undef8, quad, ir.Constant(i32, 0)), undef8, splat0)
-                b8 = builder.bitcast(b, v32i8)
+                b8 = builder.bitcast(_splat8(builder, quad), v32i8)
                 for h in range(2):
                     s32 = builder.call(pmaddwd, [builder.call(pmaddubsw, [b8, wv[h]]), ones])
                     acc = accs[2 * r + h]
