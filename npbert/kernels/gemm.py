@@ -185,7 +185,8 @@ def _widen_rows(a, r0, r1, c0, c1, zp, out, base, lda):
 
 @jit(parallel=True)
 def _widen(a, c0, c1, zp, mpad, lda, out):
-    """a [M, K] int8/uint8/int16 -> out int16 flat [mpad*lda] (rows >= M and columns >= c1-c0 zero)."""
+    """a[:, c0:c1] - zp, a [M, K] int8/uint8/int16 -> out flat [mpad*lda] (int16; or uint8 where a - zp
+    fits it: the quad kernel's int8 + 128), rows >= M and columns >= c1-c0 zero."""
     M = a.shape[0]
     for i in prange(mpad):
         if i < M:
@@ -279,22 +280,13 @@ def _widen_grouped(a, bounds, zps, aoff, mpad, lda, out):
     M = a.shape[0]
     G = bounds.shape[0] - 1
     for i in prange(mpad):
-        for g in range(G):
-            c0, c1 = bounds[g], bounds[g + 1]
-            w = c1 - c0
-            o = i * lda + aoff[g]
-            width = (aoff[g + 1] if g + 1 < G else lda) - aoff[g]
-            dst = out[o : o + width]
-            if i < M:
-                src = a[i, c0:c1]
-                z = zps[g]
-                for k in range(w):
-                    dst[k] = src[k] - z
-                for k in range(w, width):
-                    dst[k] = 0
-            else:
-                for k in range(width):
-                    dst[k] = 0
+        if i < M:
+            for g in range(G):
+                width = (aoff[g + 1] if g + 1 < G else lda) - aoff[g]
+                _widen_rows(a, i, i + 1, bounds[g], bounds[g + 1], zps[g], out, i * lda + aoff[g], width)
+        else:
+            for k in range(lda):
+                out[i * lda + k] = 0
 
 
 @jit(parallel=True)
@@ -326,6 +318,8 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
             for g in range(G - 1):
                 _microkernel_scaled_ir(a16, i0 * lda + aoff[g], lda, wp, woff[g] + j * kps[g] * 2 * NR, kps[g], yt, scales[g])
             g = G - 1
+            # two calls, not one on a destination picked at run time: that variant made the grouped
+            # GEMM 1.3 ms slower at G = 12 (bench/bench_grouped.py, MiniLM FF1 at batch 8)
             if mm == MR and nn == NR:  # the finished tile straight into out
                 _microkernel_finish_ir(a16, i0 * lda + aoff[g], lda, wp, woff[g] + j * kps[g] * 2 * NR, kps[g], yt,
                                        scales[g], ws, bs, out_flat, i0 * n + n0, n)
@@ -345,24 +339,6 @@ def _axpy_rows(y, s, acc):
     for m in prange(M):
         for n in range(N):
             y[m, n] += s * np.float64(acc[m, n])
-
-
-@jit(parallel=True)
-def _to_u8(a, flip, mpad, lda, out):
-    """out[i*lda + k] = uint8(a[i, k]) ^ flip (flip 0x80 turns int8 a into a + 128), zero padded
-    to mpad rows and lda columns.   # a int8/uint8 [M, K] -> out uint8 flat [mpad*lda]"""
-    M, K = a.shape
-    for i in prange(mpad):
-        dst = out[i * lda : (i + 1) * lda]
-        if i < M:
-            src = a[i]
-            for k in range(K):
-                dst[k] = np.uint8(src[k]) ^ flip
-            for k in range(K, lda):
-                dst[k] = 0
-        else:
-            for k in range(lda):
-                dst[k] = 0
 
 
 @jit(parallel=True)
@@ -432,11 +408,11 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     if M == 0 or N == 0 or kq == 0:
         out[...] = 0
         return out
-    flip, zp_u8 = (np.uint8(0x80), zp + 128) if a.dtype == np.int8 else (np.uint8(0), zp)
+    shift, zp_u8 = (-128, zp + 128) if a.dtype == np.int8 else (0, zp)  # int8 a -> a + 128 in [0, 255]
     lda = 4 * kq
     mpad = -(-M // MR) * MR
     a8 = _scratch(mpad * lda, np.uint8)
-    _to_u8(a, flip, mpad, lda, a8)
+    _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
     NP = -(-N // NR)
     corr = np.zeros(NP * NR, np.int32)
     corr[:N] = np.int32(zp_u8) * pw.row_sums  # |zp * sum| <= 255 * 64 * K
