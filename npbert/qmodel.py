@@ -437,8 +437,8 @@ class QuantExecutor(Executor):
     def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight,
                 act: str | None, name: str) -> np.ndarray:
         """codes [M, K] (static qp, or dynamic row_scale [M]) x W -> float32 [M, N] incl. bias and act,
-        into linear `name`'s reusable output buffer where it has one (_out_buffer)."""
-        out = None if self.sim else self._out_buffer(name, (codes.shape[0], w.packed.n))
+        into linear `name`'s reusable output buffer where it has one (buffer())."""
+        out = None if self.sim else self.buffer("out:" + name, (codes.shape[0], w.packed.n), np.float32)
         if self.sim:
             if w.deq64 is None:
                 w.deq64 = w.q.astype(np.float64) * w.scale.astype(np.float64)[:, None]
@@ -486,7 +486,7 @@ class QuantExecutor(Executor):
         grid = _out_grid(oqp, N, self.qm.prepared)
         if qp is not None and qp.granularity == "group":
             y = kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, None,
-                                self._out_buffer(name, (codes.shape[0], N)))
+                                self.buffer("out:" + name, (codes.shape[0], N), np.float32))
             q = fused.activation_quantize(y, act, grid)
         else:
             acc, rs = self._accumulate(codes, qp, row_scale, w)
@@ -503,10 +503,6 @@ class QuantExecutor(Executor):
             return None
         codes, row_scale = self._dynamic(in_site, x, spec)
         return np.shape(x)[:-1], codes, None, row_scale
-
-    def _out_buffer(self, name: str, shape: tuple) -> np.ndarray | None:
-        """The reusable float32 buffer of an encoder linear's output (see REUSE_OUTPUTS)."""
-        return self.buffer("out:" + name, shape, np.float32)
 
     def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
         """With REUSE_OUTPUTS, one scratch array per role, shared by the same value of every layer
@@ -800,8 +796,8 @@ class QuantizedModel(Model):
 
     def scratch(self, role: str, shape: tuple, dtype) -> np.ndarray:
         """A reusable buffer per (thread, role): grow-only flat storage viewed as `shape`. For values
-        consumed before the role is asked for again (GEMM accumulators), never for values that escape
-        a forward. Allocating them fresh cost ~15% of a MiniLM forward in page faults."""
+        consumed before the role is asked for again (accumulators, QuantExecutor.buffer's roles), never
+        for values that escape a forward. Allocating them fresh cost ~15% of a MiniLM forward in page faults."""
         ws = getattr(self._scratch_local, "bufs", None)
         if ws is None:
             ws = self._scratch_local.bufs = {}

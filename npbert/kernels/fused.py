@@ -330,8 +330,8 @@ def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray |
     rs = _row_scales(row_scale, M, "epilogue")
     out = chk.out_array(out, (M, N), np.float32, "epilogue", (acc,))
     if M and N:
-        b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
-        _epilogue_rows(np.ascontiguousarray(acc), rs, np.ascontiguousarray(w_scale, np.float32), b, bias is not None,
+        b = _NO_BIAS if bias is None else chk.f32_vector(bias, N, "epilogue: bias")
+        _epilogue_rows(np.ascontiguousarray(acc), rs, chk.f32_vector(w_scale, N, "epilogue: w_scale"), b, bias is not None,
                        ACT_CODES[act], out)
     return out
 

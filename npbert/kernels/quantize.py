@@ -153,14 +153,10 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
         raise QuantError(f"bits={bits}: dynamic quantization supports 2..16 bits")
     x = C.as_c(C.array(x, "x", (np.float32,), 2))
     M, K = x.shape
-    seg = seg_starts
-    if not (isinstance(seg, np.ndarray) and seg.dtype == np.int64 and seg.flags.c_contiguous):
-        seg = np.asarray(seg)
-        if seg.ndim != 1 or seg.size < 1 or not np.issubdtype(seg.dtype, np.integer):
-            raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
-        seg = np.ascontiguousarray(seg, dtype=np.int64)
-    elif seg.ndim != 1 or seg.size < 1:
-        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape}")
+    seg = np.asarray(seg_starts)
+    if seg.ndim != 1 or seg.size < 1 or not np.issubdtype(seg.dtype, np.integer):
+        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
+    seg = np.ascontiguousarray(seg, dtype=np.int64)  # (the order is checked in the compiled core)
     if row_valid is None:
         valid = np.ones(M, dtype=np.bool_)
     else:
