@@ -370,13 +370,11 @@ class QuantExecutor(Executor):
         # parallel float kernels: the integer forward runs no BLAS; the simulation's GEMMs are BLAS
         self.PARALLEL_FLOAT_KERNELS = not simulate
         self._dyn_cache: dict[str, tuple] = {}
-        self._seg_cache: dict[tuple, tuple] = {}
         self._last_layer = layer_prefix(qm.config.num_hidden_layers - 1) + "."
 
     def begin(self, attention_mask):
         super().begin(attention_mask)
         self._dyn_cache = {}
-        self._seg_cache: dict[tuple, tuple] = {}  # (rows per sequence, rows, rank) -> _segments(...)
 
     def word_rows(self, ids):
         emb = self.qm.word_emb
@@ -417,11 +415,7 @@ class QuantExecutor(Executor):
         if key not in self._dyn_cache:
             x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
             rows_per_seq = x.shape[1] if x.ndim == 3 else 1
-            seg_key = (rows_per_seq, x2.shape[0], x.ndim)  # the same for most sites of a forward
-            segs = self._seg_cache.get(seg_key)
-            if segs is None:
-                segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, x2.shape[0])
-            seg, valid = segs
+            seg, valid = _segments(self._mask_for(x), rows_per_seq, x2.shape[0])
             if self.sim:
                 q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
                 row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
