@@ -7,6 +7,7 @@ read their thread counts from the environment when they load.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def set_threads_env(n: int) -> None:
@@ -285,3 +287,18 @@ def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def git_state() -> dict:
+    """HEAD and any uncommitted changes under npbert/: the numbers belong to the working tree that ran."""
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False).stdout.rstrip("\n")
+        except OSError:
+            return ""
+
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "npbert").splitlines() if ln.strip()]
+    h = hashlib.sha256()
+    for f in sorted((REPO / "npbert").rglob("*.py")):
+        h.update(f.read_bytes())
+    return {"head": git("rev-parse", "HEAD"), "npbert_uncommitted": dirty, "npbert_sources_sha256": h.hexdigest()}

@@ -732,23 +732,6 @@ def run_worker(kind: str, threads: int, spec: dict, env_extra: dict | None = Non
         return res, wall, rc
 
 
-def git_state() -> dict:
-    """HEAD and any uncommitted changes under npbert/: the numbers belong to the working tree that ran."""
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False).stdout.rstrip("\n")
-        except OSError:
-            return ""
-
-    import hashlib
-
-    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "npbert").splitlines() if ln.strip()]
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "npbert").rglob("*.py")):
-        h.update(f.read_bytes())
-    return {"head": git("rev-parse", "HEAD"), "npbert_uncommitted": dirty, "npbert_sources_sha256": h.hexdigest()}
-
-
 def csv_list(text: str, valid, what: str) -> list[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in items if s not in valid]
@@ -813,7 +796,7 @@ def main() -> int:
             "calib_size": args.calib_size, "min_repeats": args.min_repeats, "min_time": args.min_time,
             "warmup": args.warmup, "pause": args.pause, "profile_repeats": args.profile_repeats,
             "need_onnx": any(e.startswith("ort-") for e in engines) and "throughput" in sections}
-    git_start = git_state()
+    git_start = _util.git_state()
     t_run = time.perf_counter()
     prepared, _, rc = run_worker("prepare", max(threads), spec)
     if prepared is None:
@@ -914,7 +897,7 @@ def main() -> int:
             failed = True
         payload["profile"] = res
 
-    payload["git"] = git_state()
+    payload["git"] = _util.git_state()
     payload["git"]["npbert_sources_changed_during_run"] = git_start["npbert_sources_sha256"] != payload["git"]["npbert_sources_sha256"]
     if payload["git"]["npbert_sources_changed_during_run"]:
         print("WARNING: npbert/ sources changed while the benchmark ran; the numbers mix two versions", file=sys.stderr)

@@ -25,7 +25,6 @@ _util.set_threads_env(THREADS)
 import argparse  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -70,9 +69,7 @@ def main() -> int:
             rows.append({"recipe": recipe, "batch": B, "minor_faults_per_forward": faults,
                          "median_ms": statistics.median(times) * 1e3})
             print(f"{recipe:<10} B={B}: {faults:8.1f} minor faults per forward, median {rows[-1]['median_ms']:.2f} ms")
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    _util.write_json(a.out, {"command": " ".join(["python", *sys.argv]), "git": rev, "machine": _util.machine_info(),
+    _util.write_json(a.out, {"command": " ".join(["python", *sys.argv]), "git": _util.git_state(), "machine": _util.machine_info(),
                              "threads": threads, "model": a.model, "results": rows})
     return 0
 

@@ -24,7 +24,6 @@ THREADS = _util.threads_from_argv(2)
 _util.set_threads_env(THREADS)
 
 import argparse  # noqa: E402
-import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -99,10 +98,8 @@ def main() -> int:
         n = table[k][1]
         rows.append({"pass": k, "us": t["median_s"] * 1e6, "ns_per_element": t["median_s"] * 1e9 / n, **t})
         print(f"{k:<42} {rows[-1]['us']:9.1f} us  {rows[-1]['ns_per_element']:6.3f} ns/element")
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     out = a.out or str(_util.RESULTS / f"passes-b{a.batch}.json")
-    _util.write_json(out, {"command": " ".join(["python", *sys.argv]), "git": rev, "machine": _util.machine_info(),
+    _util.write_json(out, {"command": " ".join(["python", *sys.argv]), "git": _util.git_state(), "machine": _util.machine_info(),
                            "threads": threads, "batch": a.batch, "results": rows})
     return 0
 
