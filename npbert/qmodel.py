@@ -152,9 +152,9 @@ def get_recipe(spec: str) -> Recipe:
     """'NAME' or 'NAME:key=value:key=value' -> Recipe (':' separates options, so recipe lists can use ',').
 
     Options (any recipe): weights=tensor|channel (one weight scale per tensor or per output channel);
-    wbits=7: weights on the 7-bit grid [-63, 63], which lets 8-bit activations run the exact uint8 x int7
-    vpmaddubsw kernel (no int16 pair sum can saturate; kernels/_simd.py; its speed: bench/bench_gemm.py)
-    at the price of half the weight resolution;
+    wbits=7: weights on the 7-bit grid [-63, 63], whose k-pairs all fit the exact uint8 x int8
+    vpmaddubsw kernel with no fixes (8-bit weights run it too, with a sparse list of fixes for the
+    rare pairs that could saturate: kernels/gemm.py), at the price of half the weight resolution;
     emb=int8 stores the word-embedding table as int8 rows, one symmetric abs-max scale per row (4x
     smaller; a looked-up row is dequantized, so no activation changes type);
     west=minmax|mse|percentile, the weight range estimator (minmax never clips a weight; mse, the

@@ -156,18 +156,44 @@ def _microkernel_scaled_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s)
 
     def codegen(context, builder, signature, args):
         accs = _pair_loop(context, builder, signature, args)
-        y_arr = context.make_array(signature.args[6])(context, builder, args[6])
-        f64 = ir.DoubleType()
-        v8f64 = ir.VectorType(f64, 8)
-        sv = _splat8(builder, args[7])
-        y_base = builder.bitcast(y_arr.data, f64.as_pointer())
-        for i, acc in enumerate(accs):  # acc 2r + h holds tile[r, 8h:8h+8] = yt[16r + 8h : ...] = yt[8i : 8i + 8]
-            dst = builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]), v8f64.as_pointer())
-            prod = builder.fmul(builder.sitofp(acc, v8f64), sv)
-            builder.store(builder.fadd(builder.load(dst, align=8), prod), dst, align=8)
+        _store_scaled(context, builder, signature, args, accs, 6)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _store_scaled(context, builder, signature, args, accs, k):
+    """yt += s * float64(acc) for the eight accumulators (row r, half h at 2r + h); yt, s = args[k], args[k + 1]."""
+    y_arr = context.make_array(signature.args[k])(context, builder, args[k])
+    f64 = ir.DoubleType()
+    v8f64 = ir.VectorType(f64, 8)
+    sv = _splat8(builder, args[k + 1])
+    y_base = builder.bitcast(y_arr.data, f64.as_pointer())
+    for i, acc in enumerate(accs):  # acc 2r + h holds tile[r, 8h:8h+8] = yt[16r + 8h : ...] = yt[8i : 8i + 8]
+        dst = builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]), v8f64.as_pointer())
+        builder.store(builder.fadd(builder.load(dst, align=8), builder.fmul(builder.sitofp(acc, v8f64), sv)), dst, align=8)
+
+
+def _store_finish(context, builder, signature, args, accs, k):
+    """v = yt + s * float64(acc), then dst[d_off + r*ldd + c] = float32(v[r, c]) * ws[c] + bs[c];
+    yt, s, ws, bs, dst, d_off, ldd = args[k : k + 7]. yt is left as it was (v is not stored back)."""
+    arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
+    f32, f64, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(64)
+    v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
+    sv = _splat8(builder, args[k + 1])
+    y_base = builder.bitcast(arr(k).data, f64.as_pointer())
+    ws_base = builder.bitcast(arr(k + 2).data, f32.as_pointer())
+    bs_base = builder.bitcast(arr(k + 3).data, f32.as_pointer())
+    d_base = builder.gep(builder.bitcast(arr(k + 4).data, f32.as_pointer()), [args[k + 5]])
+    vec = lambda base, i, t: builder.bitcast(builder.gep(base, [ir.Constant(i64, i)]), t.as_pointer())  # noqa: E731
+    wsv = [builder.load(vec(ws_base, 8 * h, v8f32), align=4) for h in range(2)]
+    bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
+    for i, acc in enumerate(accs):
+        r, h = divmod(i, 2)
+        v = builder.fadd(builder.load(vec(y_base, 8 * i, v8f64), align=8), builder.fmul(builder.sitofp(acc, v8f64), sv))
+        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
+        row = builder.gep(d_base, [builder.mul(args[k + 6], ir.Constant(i64, r))])
+        builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
 
 
 @njit
@@ -190,23 +216,7 @@ def _microkernel_finish_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s,
 
     def codegen(context, builder, signature, args):
         accs = _pair_loop(context, builder, signature, args)
-        arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
-        f32, f64, i32, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
-        v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
-        sv = _splat8(builder, args[7])
-        y_base = builder.bitcast(arr(6).data, f64.as_pointer())
-        ws_base = builder.bitcast(arr(8).data, f32.as_pointer())
-        bs_base = builder.bitcast(arr(9).data, f32.as_pointer())
-        d_base = builder.gep(builder.bitcast(arr(10).data, f32.as_pointer()), [args[11]])
-        vec = lambda base, k, t: builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), t.as_pointer())  # noqa: E731
-        wsv = [builder.load(vec(ws_base, 8 * h, v8f32), align=4) for h in range(2)]
-        bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
-        for i, acc in enumerate(accs):
-            r, h = divmod(i, 2)
-            v = builder.fadd(builder.load(vec(y_base, 8 * i, v8f64), align=8), builder.fmul(builder.sitofp(acc, v8f64), sv))
-            f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
-            row = builder.gep(d_base, [builder.mul(args[12], ir.Constant(i64, r))])
-            builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
+        _store_finish(context, builder, signature, args, accs, 6)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -227,17 +237,19 @@ def microkernel_finish(a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d
 microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as its tested twin
 
 
-# --------------------------------------------------------------- the uint8 x int7 micro-kernel (vpmaddubsw)
+# --------------------------------------------------------------- the uint8 x int8 quad micro-kernel (vpmaddubsw)
 #
-# Quad panels: wq[j, q, c, t] = w[16j + c, 4q + t] (int8, 64 bytes per k-quad, zero padded). Per k-quad q
+# Quad panels: wq[j, q, c, t] = safe[16j + c, 4q + t] (int8, 64 bytes per k-quad, zero padded). Per k-quad q
 # and row r: b = splat<8 x i32>(a8[r, 4q:4q+4]) as <32 x i8>; for each half h (columns 8h..8h+7)
 #     s16 = pmaddubsw(b, wq[q, 8h:8h+8, :])   (uint8 x int8 -> int16 pair sums, SATURATING)
 #     acc[r, h] += pmaddwd(s16, 1)             (adjacent int16 pairs -> int32: the 4-term dot product)
-# and at the end out = acc - corr (corr[n] = zp * sum_k w[n, k]: the zero-point correction).
-# Exact only because no pair sum saturates: |a0 w0 + a1 w1| <= 2 * 255 * 64 = 32640 <= 32767 needs
-# w in [-64, 63] (7-bit weights); PackedInt8Weight chooses quad panels only for such weights. The
-# instruction has no portable IR pattern, so this kernel calls the x86 AVX2 intrinsics and exists only
-# where numba's target has AVX2 (HAVE_U8S7).
+# then the panel's fixes (acc[r, c] += a8[r, k] * v, see _quad_loop) and out = acc - corr (corr[n] =
+# zp * sum_k w[n, k]: the zero-point correction). Exact only because no pair sum saturates: the
+# panels hold weights whose k-pairs cannot reach the int16 bound against uint8 (every 7-bit weight;
+# an 8-bit weight after gemm.split_saturating_pairs moved the excess of the rare large same-sign
+# pairs into the fixes). The instruction has no portable IR pattern, so this kernel calls the x86 AVX2
+# intrinsics and exists only where numba's target has AVX2 (HAVE_U8S7: named for the 7-bit weights
+# it was first written for).
 
 def _target_has_avx2() -> bool:
     """Whether numba compiles for a CPU with AVX2: the host's features, unless NUMBA_CPU_NAME /
@@ -263,8 +275,8 @@ HAVE_U8S7 = _target_has_avx2()
 
 @njit
 def microkernel_u8s7_numba(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo):
-    """Plain-Numba twin of the u8 x s7 kernel (exact int arithmetic, no saturation modelled: the
-    callers' operands never saturate)."""
+    """Plain-Numba twin of the quad kernel without fixes (exact int arithmetic, no saturation
+    modelled: the callers' panels never saturate)."""
     for r in range(MR):
         for c in range(NR):
             s = np.int32(0)
@@ -274,55 +286,148 @@ def microkernel_u8s7_numba(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, 
             out[o_off + r * ldo + c] = s - corr[c_off + c]
 
 
+def _quad_loop(context, builder, signature, args):
+    """Emit the k-quad loop (a8, a_off, lda, wq, w_off, nquads = args[0:6]), then the fixes
+    (corr, c_off, fix_c, fix_k, fix_v, f0, f1 = args[6:13]); returns the eight <8 x i32> accumulators
+    (row r, half h at 2r + h) minus the correction row corr[c_off : c_off + 16].
+
+    Fix e (f0 <= e < f1) adds a8[r, fix_k[e]] * fix_v[e] to column fix_c[e] of every row r, in the
+    registers: the product is splat and masked to its lane (lane index == column), so the tile never
+    makes a round trip through memory (a [4, 16] int32 correction tile written with scalar stores
+    and read back as vectors cost about a third of a grouped GEMM's time)."""
+    mod = builder.module
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+    pmaddubsw = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+    pmaddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+    arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
+    a_off_v, lda_v, w_off_v, nq_v = args[1], args[2], args[4], args[5]
+    a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [a_off_v])
+    w_base = builder.gep(builder.bitcast(arr(3).data, i8.as_pointer()), [w_off_v])
+    rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
+    ones = ir.Constant(v16i16, [1] * 16)
+
+    def quad_step(q):
+        wq_q = builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))])
+        wv = [builder.load(builder.bitcast(builder.gep(wq_q, [ir.Constant(i64, 32 * h)]), v32i8.as_pointer()), align=1)
+              for h in range(2)]
+        q4 = builder.shl(q, ir.Constant(i64, 2))
+        for r in range(MR):
+            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+            b8 = builder.bitcast(_splat8(builder, quad), v32i8)
+            for h in range(2):
+                s32 = builder.call(pmaddwd, [builder.call(pmaddubsw, [b8, wv[h]]), ones])
+                acc = accs[2 * r + h]
+                builder.store(builder.add(builder.load(acc), s32), acc)
+
+    # two k-quads per iteration, then the odd one: a grouped GEMM's groups are short (16 quads)
+    with cgutils.for_range(builder, builder.lshr(nq_v, ir.Constant(i64, 1))) as loop:
+        q2 = builder.shl(loop.index, ir.Constant(i64, 1))
+        quad_step(q2)
+        quad_step(builder.add(q2, ir.Constant(i64, 1)))
+    with cgutils.for_range_slice(builder, builder.and_(nq_v, ir.Constant(i64, -2)), nq_v, ir.Constant(i64, 1)) as (q, _):
+        quad_step(q)
+
+    fix = [builder.bitcast(arr(k).data, i64.as_pointer()) for k in (8, 9, 10)]
+    lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
+    with cgutils.for_range_slice(builder, args[11], args[12], ir.Constant(i64, 1)) as (e, _):
+        col, k, v = (builder.load(builder.gep(f, [e])) for f in fix)
+        cs = _splat8(builder, builder.trunc(col, i32))
+        masks = [builder.sext(builder.icmp_signed("==", lanes[h], cs), v8i32) for h in range(2)]
+        v32 = builder.trunc(v, i32)
+        for r in range(MR):
+            a = builder.zext(builder.load(builder.gep(rows[r], [k])), i32)
+            d = _splat8(builder, builder.mul(a, v32))  # |a * v| <= 255 * 128 (wrapping add: mod 2^32)
+            for h in range(2):
+                acc = accs[2 * r + h]
+                builder.store(builder.add(builder.load(acc), builder.and_(d, masks[h])), acc)
+
+    c_base = builder.gep(builder.bitcast(arr(6).data, i32.as_pointer()), [args[7]])
+    cv = [builder.load(builder.bitcast(builder.gep(c_base, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer()), align=4)
+          for h in range(2)]
+    return [builder.sub(builder.load(acc), cv[i % 2]) for i, acc in enumerate(accs)]
+
+
+def _quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) -> bool:
+    return (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+            and all(_is_flat(f, types.int64) for f in (fix_c, fix_k, fix_v)))
+
+
+def _quad_sig(a8, wq, corr, fix_c, fix_k, fix_v):
+    """The shared leading argument types: a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k,
+    fix_v, f0, f1."""
+    return (a8, types.intp, types.intp, wq, types.intp, types.intp, corr, types.intp, fix_c, fix_k, fix_v, types.intp,
+            types.intp)
+
+
 @intrinsic
-def _microkernel_u8s7_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo):
-    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
-            and _is_flat(out, types.int32)):
+def _microkernel_u8s7_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0, f1, out,
+                         o_off, ldo):
+    if not (_quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) and _is_flat(out, types.int32)):
         return None
-    sig = types.void(a8, types.intp, types.intp, wq, types.intp, types.intp, corr, types.intp, out, types.intp, types.intp)
+    sig = types.void(*_quad_sig(a8, wq, corr, fix_c, fix_k, fix_v), out, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        mod = builder.module
-        i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-        pmaddubsw = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
-        pmaddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
-        arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
-        a_off_v, lda_v, w_off_v, nq_v = args[1], args[2], args[4], args[5]
-        a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [a_off_v])
-        w_base = builder.gep(builder.bitcast(arr(3).data, i8.as_pointer()), [w_off_v])
-        rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
-        ones = ir.Constant(v16i16, [1] * 16)
-        with cgutils.for_range(builder, nq_v) as loop:
-            q = loop.index
-            wq_q = builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))])
-            wv = [builder.load(builder.bitcast(builder.gep(wq_q, [ir.Constant(i64, 32 * h)]), v32i8.as_pointer()), align=1)
-                  for h in range(2)]
-            q4 = builder.shl(q, ir.Constant(i64, 2))
-            for r in range(MR):
-                quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
-                b8 = builder.bitcast(_splat8(builder, quad), v32i8)
-                for h in range(2):
-                    s32 = builder.call(pmaddwd, [builder.call(pmaddubsw, [b8, wv[h]]), ones])
-                    acc = accs[2 * r + h]
-                    builder.store(builder.add(builder.load(acc), s32), acc)
-        c_base = builder.gep(builder.bitcast(arr(6).data, i32.as_pointer()), [args[7]])
-        cv = [builder.load(builder.bitcast(builder.gep(c_base, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer()), align=4)
-              for h in range(2)]
-        o_base = builder.gep(builder.bitcast(arr(8).data, i32.as_pointer()), [args[9]])
-        for r in range(MR):
-            o_row = builder.gep(o_base, [builder.mul(args[10], ir.Constant(i64, r))])
-            for h in range(2):
-                dst = builder.bitcast(builder.gep(o_row, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer())
-                builder.store(builder.sub(builder.load(accs[2 * r + h]), cv[h]), dst, align=4)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v8i32 = ir.VectorType(i32, 8)
+        accs = _quad_loop(context, builder, signature, args)
+        o_arr = context.make_array(signature.args[13])(context, builder, args[13])
+        o_base = builder.gep(builder.bitcast(o_arr.data, i32.as_pointer()), [args[14]])
+        for i, acc in enumerate(accs):
+            r, h = divmod(i, 2)
+            o_row = builder.gep(o_base, [builder.mul(args[15], ir.Constant(i64, r))])
+            builder.store(acc, builder.bitcast(builder.gep(o_row, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
+@intrinsic
+def _microkernel_quads_scaled_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0, f1,
+                                 yt, s):
+    """yt[r*16 + c] += s * float64(quad tile[r, c]) with the tile complete (fixes added, corr
+    subtracted): a group of the grouped GEMM on quad panels (as _microkernel_scaled_ir on pairs)."""
+    if not (_quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) and _is_flat(yt, types.float64)):
+        return None
+    sig = types.void(*_quad_sig(a8, wq, corr, fix_c, fix_k, fix_v), yt, types.float64)
+
+    def codegen(context, builder, signature, args):
+        _store_scaled(context, builder, signature, args, _quad_loop(context, builder, signature, args), 13)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _microkernel_quads_finish_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0, f1,
+                                 yt, s, ws, bs, dst, d_off, ldd):
+    """The last group on quad panels: as _microkernel_finish_ir with the complete quad tile."""
+    if not (_quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) and _is_flat(yt, types.float64)
+            and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
+        return None
+    sig = types.void(*_quad_sig(a8, wq, corr, fix_c, fix_k, fix_v), yt, types.float64, ws, bs, dst, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        _store_finish(context, builder, signature, args, _quad_loop(context, builder, signature, args), 13)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_NO_FIX = np.zeros(0, dtype=np.int64)
+
+
+@njit
+def microkernel_quads(a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0, f1, out, o_off, ldo):
+    """microkernel_u8s7 plus the fixes e in [f0, f1): out[o_off + r*ldo + fix_c[e]] += a8[a_off + r*lda +
+    fix_k[e]] * fix_v[e] (fix_* int64 flat), added in the registers before the store."""
+    _microkernel_u8s7_ir(a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0, f1, out, o_off, ldo)
+
+
 @njit
 def microkernel_u8s7(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo):
     """out[o_off + r*ldo + c] = sum_{k < 4 nquads} a8[a_off + r*lda + k] * w[c, k] - corr[c_off + c] for the
-    4 x 16 tile (a8 uint8, wq int8 quad panels of weights in [-64, 63], corr/out int32)."""
-    _microkernel_u8s7_ir(a8, a_off, lda, wq, w_off, nquads, corr, c_off, out, o_off, ldo)
+    4 x 16 tile (a8 uint8, wq int8 quad panels whose k-pairs cannot saturate, e.g. weights in [-64, 63];
+    corr/out int32). No fixes (the GEMMs call the intrinsic with theirs)."""
+    _microkernel_u8s7_ir(a8, a_off, lda, wq, w_off, nquads, corr, c_off, _NO_FIX, _NO_FIX, _NO_FIX, 0, 0, out, o_off, ldo)

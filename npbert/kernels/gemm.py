@@ -6,24 +6,34 @@ Data layout (shapes next to the math):
                                    padding is zeros, so padded rows/columns add nothing.
     panels int8 [NP, KP, 32]       weights packed offline: panel j holds output columns 16j..16j+15;
                                    panels[j, p, 2c + t] = w[16j + c, 2p + t] (zero padded). The
-                                   packed panels ARE the stored weight (one byte per weight; 7-bit
-                                   weights are stored as quad panels instead, see PackedInt8Weight); the
+                                   packed panels ARE the stored weight (one byte per weight); the
                                    micro-kernel sign-extends them to int16 as it loads (vpmovsxbw).
-Micro-kernel (npbert/kernels/_simd.py): a 4 x 16 int32 tile, for each k-pair p one 32-bit broadcast
-of (a[r, 2p], a[r, 2p+1]) per row and two 16-lane int16 loads of the panel; a multiply-add of int16
-pairs into int32 (x86: vpmaddwd) then an int32 add into eight accumulators (vpaddd).
+    quads  int8 [NP, KQ, 64]       the other layout (AVX2): quads[j, q, c, t] = safe[16j + c, 4q + t],
+                                   for 8-bit activations (int8 + 128 as uint8), see below.
+Pair micro-kernel (npbert/kernels/_simd.py): a 4 x 16 int32 tile, for each k-pair p one 32-bit
+broadcast of (a[r, 2p], a[r, 2p+1]) per row and two 16-lane int16 loads of the panel; a multiply-add
+of int16 pairs into int32 (x86: vpmaddwd) then an int32 add into eight accumulators (vpaddd).
 
 Exactness: vpmaddwd multiplies int16 x int16 into exact int32 products and adds adjacent pairs; the
 only case that wraps is both pairs (-32768)*(-32768) = 2 * 2^30 = 2^31, impossible here because one
-operand is a widened int8 (|w| <= 128): a pair sum is at most 2 * 32768 * 128 = 2^23. No saturating
-instruction (vpmaddubsw) is used, so results are identical on every CPU. Accumulator bounds, per
-int32 sum of K products:
+operand is a widened int8 (|w| <= 128): a pair sum is at most 2 * 32768 * 128 = 2^23. Accumulator
+bounds, per int32 sum of K products:
     int8 x int8            |p| <= 2^14      -> K <= 131071 (K_MAX_S8S8)
     (uint8 - zp) x int8    |p| <= 255 * 128 -> K <= 65793  (K_MAX_U8S8; zp in [0, 255])
     int16 x int8           |p| <= 2^22      -> int32 only for K <= 511: gemm_s16s8 runs split-K blocks
                                                of 255 k-pairs (510 k, 510 * 2^22 < 2^31) in int32
                                                and sums the blocks into int64 (exact, no K limit
                                                short of 2^41).
+Quad micro-kernel: vpmaddubsw multiplies uint8 x int8 and adds adjacent products into a SATURATING
+int16, then vpmaddwd by ones adds those pairs into int32: 32 multiply-adds in three instructions
+where the pair kernel needs four. A pair sum a0 w0 + a1 w1 (a in [0, 255]) fits int16 exactly when
+the pair's positive weights sum to at most 128 and so do its negative ones; all 7-bit weights pass,
+and in a per-tensor 8-bit BERT weight about 1 pair in 10^4 does not. split_saturating_pairs takes
+such a pair's excess out of the panel into a sparse fix list that the micro-kernel adds in its
+registers (a8[r, k] * v into one lane), so the result is exact for every weight: the quad panels
+hold `safe`, and safe + fixes = w. The int32 sums wrap freely (all arithmetic is mod 2^32) and are
+exact whenever the true result fits int32, which the K limits above ensure. Packing picks quads when
+at most QUAD_FIX_MAX of the weights need a fix (bench/bench_quad_fixes.py times the trade).
 Parallelism: prange over column panels (each thread writes its own 16 columns of C).
 """
 
@@ -37,7 +47,8 @@ from numba import prange
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_scaled_ir, microkernel, microkernel_u8s7
+from npbert.kernels._simd import (HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_finish_ir,
+                                  _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, activation
 
 __all__ = [
@@ -56,26 +67,64 @@ __all__ = [
 K_MAX_S8S8 = 131071  # (2^31 - 1) // 2^14
 K_MAX_U8S8 = 65793  # (2^31 - 1) // (255 * 128)
 _NO_FLAT = np.zeros(0, dtype=np.int32)  # "no direct store" (int64 results go through the tile)
+_NO_FIX = np.zeros(0, dtype=np.int64)
+_NO_FIXES = (_NO_FIX, _NO_FIX, _NO_FIX, _NO_FIX)  # pairs panels hold w itself
+QUAD_FIX_MAX = 1.0 / 512  # the most fixes per weight quad panels carry; break-even is near 4e-3 (bench/bench_quad_fixes.py)
 S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 2139095040 < 2^31
 
 
 # ------------------------------------------------------------------------------------------ packing
 
 
+def split_saturating_pairs(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """w int8 [N, K] -> (safe int8 [N, K], fix_n, fix_k, fix_v) with safe + sparse(fix) = w, where no
+    k-pair (2p, 2p+1) of safe can saturate vpmaddubsw against uint8 activations.
+
+    The pair sum a0 w0 + a1 w1 with a0, a1 in [0, 255] is at most 255 * (w0+ + w1+) and at least
+    -255 * (w0- + w1-), so it fits int16 exactly when the positive parts and the negative parts each
+    sum to at most 128 (255 * 128 = 32640; 255 * 129 = 32895 does not fit). Only a same-sign pair can
+    break that, and only when both are large: about 1e-4 of the pairs of a per-tensor 8-bit BERT
+    weight. Such a pair keeps its larger member; the other becomes sign * (128 - |larger|) and the
+    rest of it (one int8 value) goes to the fix list, added by a scalar loop after each tile.
+    fix_* are int64 [F] sorted by (n // 16, k): column, k, value."""
+    N, K = w.shape
+    pad = np.zeros((N, K + (K & 1)), np.int16)  # [N, 2 KP]: int16, so |w0| + |w1| cannot wrap
+    pad[:, :K] = w
+    pr = pad.reshape(N, -1, 2)  # [N, KP, 2]
+    pos = np.maximum(pr, 0).sum(axis=2)
+    neg = np.maximum(-pr, 0).sum(axis=2)
+    bad_n, bad_p = np.nonzero((pos > 128) | (neg > 128))
+    pairs = pr[bad_n, bad_p]  # [F, 2], same sign
+    big = np.argmax(np.abs(pairs), axis=1)  # which member stays
+    small = 1 - big
+    kept = np.abs(pairs[np.arange(len(pairs)), big])
+    old = pairs[np.arange(len(pairs)), small]
+    new = np.sign(old) * (128 - kept)  # |kept| + |new| = 128
+    fix_k = 2 * bad_p + small
+    safe = np.array(w, copy=True)
+    safe[bad_n, fix_k] = new.astype(np.int8)
+    order = np.lexsort((fix_k, bad_n // NR))
+    return (safe, bad_n[order].astype(np.int64), fix_k[order].astype(np.int64),
+            (old - new)[order].astype(np.int64))
+
+
 class PackedInt8Weight:
     """An int8 weight [N, K] (HF Linear layout) packed for the GEMM kernels, packed once at load time.
 
     Attributes: n, k; layout: "pairs" (int8 [NP*KP*32], see the module docstring) or "quads"
-    (int8 [NP*KQ*64], quads[j, q, c, t] = w[16j + c, 4q + t], for the uint8 x int7 vpmaddubsw kernel;
-    only for weights in [-64, 63], see _simd.py); panels: the stored weights (the only copy, unless a
-    kernel needs the other layout or per-group panels: pairs() and group_layout() cache those);
+    (int8 [NP*KQ*64], quads[j, q, c, t] = safe[16j + c, 4q + t], for the uint8 x int8 vpmaddubsw kernel
+    on AVX2, see _simd.py); panels: the stored weights (the only copy, unless a kernel needs the other
+    layout or per-group panels: pairs() and group_layout() cache those); fixes (quads only): the
+    sparse remainder w - safe of the few k-pairs that could saturate (split_saturating_pairs) as
+    (panel starts int64 [NP+1], column in panel, k, value; int64 [F] each), empty for 7-bit weights;
     row_sums (int32 [N], sum_k w[n, k], for zero-point correction:
     sum_k (a - z) w = sum_k a w - z * row_sums); w (property: the int8 [N, K] unpacked from the
-    panels on each access, read-only; for the reference twins, simulation and saving).
-    layout="auto" picks quads where the weights fit 7 bits and the CPU has AVX2, else pairs.
+    panels and fixes on each access, read-only; for the reference twins, simulation and saving).
+    layout="auto" picks quads on AVX2 where at most QUAD_FIX_MAX of the weights need a fix (all 7-bit
+    weights; about 1e-4 of a per-tensor 8-bit BERT weight), else pairs.
     """
 
-    __slots__ = ("n", "k", "kp", "kq", "layout", "panels", "row_sums", "_groups")
+    __slots__ = ("n", "k", "kp", "kq", "layout", "panels", "fixes", "row_sums", "_groups")
 
     def __init__(self, w: np.ndarray, layout: str = "auto"):
         w = C.array(w, "w", (np.int8,), 2)
@@ -83,21 +132,28 @@ class PackedInt8Weight:
         self.n, self.k = int(N), int(K)
         self.kp = (K + 1) // 2
         self.kq = (K + 3) // 4
-        fits7 = w.size > 0 and int(w.min()) >= -64 and int(w.max()) <= 63
-        if layout == "auto":
-            layout = "quads" if (fits7 and HAVE_U8S7) else "pairs"
-        if layout not in ("pairs", "quads"):
+        if layout not in ("auto", "pairs", "quads"):
             raise QuantError(f"layout must be 'auto', 'pairs' or 'quads', got {layout!r}")
-        if layout == "quads" and not (fits7 and HAVE_U8S7):
-            raise QuantError("quad panels need weights in [-64, 63] (7 bits) and an AVX2 CPU")
-        self.layout = layout
+        if layout == "quads" and not HAVE_U8S7:
+            raise QuantError("quad panels need an AVX2 CPU (vpmaddubsw); pack with layout='pairs' or 'auto'")
+        split = None
+        if layout != "pairs" and HAVE_U8S7 and w.size > 0:
+            split = split_saturating_pairs(w)
+            if layout == "auto":
+                layout = "quads" if split[1].size <= QUAD_FIX_MAX * w.size else "pairs"
+        self.layout = layout = "pairs" if layout == "auto" else layout
         NP = -(-N // NR)
         per = 2 if layout == "pairs" else 4  # k values per group (pair / quad)
         ng = self.kp if layout == "pairs" else self.kq
         buf = np.zeros((NP * NR, per * ng), dtype=np.int8)  # [Npad, Kpad]
-        buf[:N, :K] = w
+        buf[:N, :K] = w if (layout == "pairs" or split is None) else split[0]
         # [NP, NR, ng, per] -> [NP, ng, NR, per]: panel-major, then k-group, then column, then member
         self.panels = np.ascontiguousarray(buf.reshape(NP, NR, ng, per).transpose(0, 2, 1, 3)).reshape(-1)
+        self.fixes = _NO_FIXES
+        if layout == "quads" and split is not None:
+            _, fn, fk, fv = split
+            starts = np.searchsorted(fn // NR, np.arange(NP + 1)).astype(np.int64)
+            self.fixes = (starts, fn % NR, fk, fv)
         self.row_sums = w.sum(axis=1, dtype=np.int64).astype(np.int32)  # |sum| <= 128 K fits int32
         self._groups = {}
 
@@ -107,6 +163,10 @@ class PackedInt8Weight:
         per, ng = (2, self.kp) if self.layout == "pairs" else (4, self.kq)
         buf = self.panels.reshape(NP, ng, NR, per).transpose(0, 2, 1, 3).reshape(NP * NR, per * ng)
         w = np.ascontiguousarray(buf[: self.n, : self.k])
+        starts, fc, fk, fv = self.fixes
+        if fv.size:
+            panel = np.repeat(np.arange(NP), np.diff(starts))
+            w[panel * NR + fc, fk] += fv.astype(np.int8)  # (each (n, k) has at most one fix)
         w.flags.writeable = False
         return w
 
@@ -148,13 +208,41 @@ class PackedInt8Weight:
             lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kps, aoff, int(2 * kps.sum()))
         return lay
 
+    def group_quads_layout(self, bounds: np.ndarray) -> tuple:
+        """As group_layout, in quad panels (each group's slice split by split_saturating_pairs on its
+        own k-pairs): (panels, offsets int64 [G], k-quads int64 [G], activation offsets int64 [G], lda,
+        row sums int32 [G, NP*16] (zero padded), fix starts int64 [G, NP+1] into the fix arrays,
+        fix columns, ks, values (int64 [F], k within the group)). Cached per bounds."""
+        key = b"quads" + bounds.tobytes()
+        lay = self._groups.get(key)
+        if lay is None:
+            w = self.w
+            G, NP = len(bounds) - 1, -(-self.n // NR)
+            packs = [PackedInt8Weight(w[:, int(bounds[g]) : int(bounds[g + 1])], "quads") for g in range(G)]
+            kqs = np.array([p.kq for p in packs], np.int64)
+            sizes = [p.panels.size for p in packs]
+            offs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            aoff = np.concatenate([[0], np.cumsum(4 * kqs)[:-1]]).astype(np.int64)
+            sums = np.zeros((G, NP * NR), np.int32)
+            starts = np.zeros((G, NP + 1), np.int64)
+            nfix = 0
+            for g, p in enumerate(packs):
+                sums[g, : self.n] = p.row_sums
+                starts[g] = p.fixes[0] + nfix
+                nfix += p.fixes[3].size
+            fixes = [np.concatenate([p.fixes[i] for p in packs]).astype(np.int64) for i in (1, 2, 3)]
+            lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kqs, aoff, int(4 * kqs.sum()),
+                                       sums, starts, *fixes)
+        return lay
+
     def __repr__(self) -> str:
         return f"PackedInt8Weight(n={self.n}, k={self.k}, layout={self.layout!r})"
 
 
 def pack_int8_weight(w, layout: str = "auto") -> PackedInt8Weight:
     """Pack an int8 [N, K] weight (read-only / non-contiguous / memory-mapped accepted); layout
-    "auto" (quads for 7-bit weights on AVX2, else pairs), "pairs" or "quads"."""
+    "auto" (quads on AVX2 where at most QUAD_FIX_MAX of the weights need a fix, else pairs), "pairs"
+    or "quads" (AVX2 only; any int8 weight, however many fixes it needs)."""
     return PackedInt8Weight(w, layout)
 
 
@@ -333,6 +421,51 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
 
 
 @jit(parallel=True)
+def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
+                             has_w_scale, bias, has_bias, out_flat):
+    """_gemm_grouped_core on quad panels: acc_g = sum_{k in g} a8 safe_g + group g's fixes - corr[g],
+    complete in the micro-kernel's registers before it is scaled; a8 the shifted uint8 codes,
+    corr[g, n] = (zp_g + shift) * sum_{k in g} w[n, k] (int32 [G, NP*16], flat), fix_start [G, NP+1].
+    Same float64 sum, rounding and store as the pairs core: the two are bit-identical.
+    # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
+    NP = (n + NR - 1) // NR
+    G = kqs.shape[0]
+    for j in prange(NP):
+        yt = np.empty(MR * NR, dtype=np.float64)
+        yf = np.empty(MR * NR, dtype=np.float32)
+        n0 = j * NR
+        nn = min(NR, n - n0)
+        ws = np.ones(NR, dtype=np.float32)
+        bs = np.full(NR, -0.0, dtype=np.float32)
+        for c in range(nn):
+            if has_w_scale:
+                ws[c] = w_scale[n0 + c]
+            if has_bias:
+                bs[c] = bias[n0 + c]
+        for i0 in range(0, m, MR):
+            mm = min(MR, m - i0)
+            for t in range(MR * NR):
+                yt[t] = 0.0
+            for g in range(G - 1):
+                _microkernel_quads_scaled_ir(a8, i0 * lda + aoff[g], lda, wq, woff[g] + j * kqs[g] * 4 * NR, kqs[g], corr,
+                                             (g * NP + j) * NR, fix_c, fix_k, fix_v, fix_start[g, j], fix_start[g, j + 1],
+                                             yt, scales[g])
+            g = G - 1
+            a_off, w_off, c_off = i0 * lda + aoff[g], woff[g] + j * kqs[g] * 4 * NR, (g * NP + j) * NR
+            f0, f1 = fix_start[g, j], fix_start[g, j + 1]
+            if mm == MR and nn == NR:
+                _microkernel_quads_finish_ir(a8, a_off, lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k, fix_v, f0, f1,
+                                             yt, scales[g], ws, bs, out_flat, i0 * n + n0, n)
+                continue
+            _microkernel_quads_finish_ir(a8, a_off, lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k, fix_v, f0, f1,
+                                         yt, scales[g], ws, bs, yf, 0, NR)
+            for r in range(mm):
+                o = (i0 + r) * n + n0
+                for c in range(nn):
+                    out_flat[o + c] = yf[r * NR + c]
+
+
+@jit(parallel=True)
 def _axpy_rows(y, s, acc):
     """y[m, n] += s * float64(acc[m, n])   # float64 [M, N] += float64 * int [M, N]"""
     M, N = y.shape
@@ -342,19 +475,24 @@ def _axpy_rows(y, s, acc):
 
 
 @jit(parallel=True)
-def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, out_flat):
-    """out[m, n] = a8[:m] @ W.T - corr over kq k-quads (u8 x s7 micro-kernel); corr int32 [NP*16]."""
+def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, out_flat):
+    """out[m, n] = a8[:m] @ W.T - corr over kq k-quads (u8 x s8 micro-kernel on the safe panels), panel
+    j's fixes fix_start[j]:fix_start[j+1] added in the micro-kernel's registers. corr int32 [NP*16].
+    All int32 arithmetic wraps (vpaddd), so the sum is exact whenever the true result fits int32."""
     NP = (n + NR - 1) // NR
     for j in prange(NP):
         tile = np.empty(MR * NR, dtype=np.int32)
         n0 = j * NR
         nn = min(NR, n - n0)
+        f0, f1 = fix_start[j], fix_start[j + 1]
         for i0 in range(0, m, MR):
             mm = min(MR, m - i0)
             if mm == MR and nn == NR:
-                microkernel_u8s7(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, out_flat, i0 * n + n0, n)
+                _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v, f0, f1,
+                                     out_flat, i0 * n + n0, n)
                 continue
-            microkernel_u8s7(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, tile, 0, NR)
+            _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v, f0, f1,
+                                 tile, 0, NR)
             for r in range(mm):
                 for c in range(nn):
                     out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
@@ -400,8 +538,10 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
 
 def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     """int32 [M, N] = sum_k (a - zp) w with quad panels: int8 a is offset to uint8 (a + 128, so the
-    zero point becomes zp + 128), then sum_k a_u8 w - zp_u8 * row_sums in the micro-kernel's store.
-    Every term is at most 255 * 64 * K in magnitude: int32 for K <= 131588."""
+    zero point becomes zp + 128), then sum_k a_u8 safe - zp_u8 * row_sums in the micro-kernel's store
+    and + sum a_u8 fix after it. The terms may wrap int32 (for 8-bit weights near the K limits);
+    all of it is arithmetic mod 2^32, so the result is exact wherever the true one fits int32, which
+    the callers' K limits ensure."""
     M = a.shape[0]
     N, kq = pw.n, pw.kq
     out = C.out_array(out, (M, N), np.int32, name)
@@ -415,8 +555,8 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
     NP = -(-N // NR)
     corr = np.zeros(NP * NR, np.int32)
-    corr[:N] = np.int32(zp_u8) * pw.row_sums  # |zp * sum| <= 255 * 64 * K
-    _gemm_quads_core(a8, lda, M, pw.panels, kq, N, corr, out.reshape(-1))
+    corr[:N] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
+    _gemm_quads_core(a8, lda, M, pw.panels, kq, N, corr, *pw.fixes, out.reshape(-1))
     return out
 
 
@@ -447,7 +587,7 @@ def gemm_s8s8(a, w, out=None) -> np.ndarray:
     a = C.as_c(C.array(a, "a", (np.int8,), 2))
     _check_mk(a, pw, "gemm_s8s8")
     _check_k(pw.k, K_MAX_S8S8, "gemm_s8s8")
-    if pw.layout == "quads":  # |a_u8 w| <= 255 * 64: int32 holds K <= 131588, above K_MAX_S8S8
+    if pw.layout == "quads":
         return _run_quads(a, 0, pw, out, "gemm_s8s8")
     return _run(a, 0, 0, pw.k, pw, np.int32, None, out, "gemm_s8s8")
 
@@ -486,6 +626,70 @@ def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
 
 
 _NO_VEC = np.zeros(1, np.float32)
+_PLANS_MAX = 64  # cached gemm_grouped plans per weight (a model has one per layer; more means callers vary them)
+
+
+def _check_grouped(dtype, K: int, group_bounds, group_zero_points, group_scales):
+    """Checked (bounds int64 [G+1], zero points, scales float32 [G]); 8-bit zero points as int64 [G],
+    each in its dtype's range and checked as a Python int before any cast."""
+    bounds = C.group_bounds(group_bounds, K)
+    G = bounds.size - 1
+    zps = np.asarray(group_zero_points)
+    scales = np.asarray(group_scales, dtype=np.float32)
+    if zps.shape != (G,) or scales.shape != (G,):
+        raise InputError(f"gemm_grouped: zero points and scales must have shape [{G}], got {zps.shape}, {scales.shape}")
+    if not np.all(np.isfinite(scales)):
+        raise QuantError("gemm_grouped: group scales must be finite")
+    if dtype == np.int16:
+        return bounds, zps, scales
+    lo_z, hi_z = (0, 255) if dtype == np.uint8 else (-128, 127)
+    if np.issubdtype(zps.dtype, np.integer) and np.can_cast(zps.dtype, np.int64):  # (uint64 would wrap)
+        zp_list = zps.astype(np.int64)
+    else:  # integral floats, Python ints of any size: checked as Python ints before any cast
+        zp_list = [C.int_arg(z, "group_zero_points[g]") for z in zps]
+    bad = [g for g in range(G) if not lo_z <= zp_list[g] <= hi_z]
+    if bad:
+        g = bad[0]
+        raise QuantError(f"gemm_grouped: zero point {zp_list[g]} of group {g} outside [{lo_z}, {hi_z}] for {np.dtype(dtype)}")
+    widths = np.diff(bounds)
+    if widths.max() > K_MAX_U8S8:
+        g = int(np.argmax(widths))
+        _check_k(int(widths[g]), K_MAX_U8S8, f"gemm_grouped group {g}")
+    return bounds, np.asarray(zp_list, np.int64), scales
+
+
+def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_points, group_scales):
+    """(core, args) of an 8-bit gemm_grouped call: args = (bounds, per-group widen offsets, activation
+    offsets, lda, the core's weight / correction arguments..., scales float64 [G]). Cached on the weight,
+    keyed by the arguments' bytes: a PEG layer calls with the same groups, zero points and scales every
+    time, so the checks and the zero-point corrections (about 70 us of Python, 2% of a MiniLM batch-1
+    forward over its six grouped GEMMs) run once. Arguments that have no plain bytes (object arrays,
+    lists of Python ints beyond int64) are checked on every call instead."""
+    gb, zp_in, sc_in = np.asarray(group_bounds), np.asarray(group_zero_points), np.asarray(group_scales)
+    key = None
+    if gb.dtype.kind in "iu" and zp_in.dtype.kind in "iuf" and sc_in.dtype.kind in "iuf":
+        key = (b"plan", np.dtype(dtype).char, K, gb.dtype.char, gb.shape, gb.tobytes(), zp_in.dtype.char, zp_in.shape,
+               zp_in.tobytes(), sc_in.dtype.char, sc_in.shape, sc_in.tobytes())
+        plan = pw._groups.get(key)
+        if plan is not None:
+            return plan
+    bounds, zp_arr, scales = _check_grouped(dtype, K, gb, zp_in, sc_in)
+    G = bounds.size - 1
+    if pw.layout == "quads":  # the weight qualified for quad panels: its group slices run them too
+        wq, woff, kqs, aoff, lda, sums, fstart, fc, fk, fv = pw.group_quads_layout(bounds)
+        shift = -128 if dtype == np.int8 else 0  # int8 codes + 128 -> uint8, zero points with them
+        corr = ((zp_arr - shift).astype(np.int32)[:, None] * sums).reshape(-1)  # wraps like the kernel: mod 2^32
+        plan = (_gemm_grouped_quads_core, (bounds, np.full(G, shift, np.int64), aoff, lda, wq, woff, kqs, corr, fstart,
+                                           fc, fk, fv, scales.astype(np.float64)))
+    else:
+        wp, woff, kps, aoff, lda = pw.group_layout(bounds)
+        plan = (_gemm_grouped_core, (bounds, zp_arr, aoff, lda, wp, woff, kps, scales.astype(np.float64)))
+    if key is not None:
+        if sum(1 for k in pw._groups if isinstance(k, tuple)) >= _PLANS_MAX:
+            for k in [k for k in pw._groups if isinstance(k, tuple)]:
+                del pw._groups[k]
+        pw._groups[key] = plan
+    return plan
 
 
 def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=None, bias=None, act=None,
@@ -504,44 +708,24 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
     a = C.as_c(C.array(a, "a", (np.uint8, np.int8, np.int16), 2))
     _check_mk(a, pw, "gemm_grouped")
     M, K = a.shape
-    bounds = C.group_bounds(group_bounds, K)
-    G = bounds.size - 1
-    zps = np.asarray(group_zero_points)
-    scales = np.asarray(group_scales, dtype=np.float32)
-    if zps.shape != (G,) or scales.shape != (G,):
-        raise InputError(f"gemm_grouped: zero points and scales must have shape [{G}], got {zps.shape}, {scales.shape}")
-    if not np.all(np.isfinite(scales)):
-        raise QuantError("gemm_grouped: group scales must be finite")
     if a.dtype != np.int16:
-        lo_z, hi_z = (0, 255) if a.dtype == np.uint8 else (-128, 127)
-        if np.issubdtype(zps.dtype, np.integer) and np.can_cast(zps.dtype, np.int64):  # (uint64 would wrap)
-            zp_list = zps.astype(np.int64)
-        else:  # integral floats, Python ints of any size: checked as Python ints before any cast
-            zp_list = [C.int_arg(z, "group_zero_points[g]") for z in zps]
-        bad = [g for g in range(G) if not lo_z <= zp_list[g] <= hi_z]
-        if bad:
-            g = bad[0]
-            raise QuantError(f"gemm_grouped: zero point {zp_list[g]} of group {g} outside [{lo_z}, {hi_z}] for {a.dtype}")
-        zp_arr = np.asarray(zp_list, np.int64)
-        widths = np.diff(bounds)
-        if widths.max() > K_MAX_U8S8:
-            g = int(np.argmax(widths))
-            _check_k(int(widths[g]), K_MAX_U8S8, f"gemm_grouped group {g}")
+        kernel, args = _grouped_plan(pw, a.dtype, K, group_bounds, group_zero_points, group_scales)
         # One pass: every group's tile accumulated while it is in registers / L1, one float32 store.
-        wp, woff, kps, aoff, lda = pw.group_layout(bounds)
         out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped")
         if M == 0 or pw.n == 0:
             return out
         ws = _NO_VEC if w_scale is None else C.f32_vector(w_scale, pw.n, "gemm_grouped: w_scale")
         bs = _NO_VEC if bias is None else C.f32_vector(bias, pw.n, "gemm_grouped: bias")
         mpad = -(-M // MR) * MR
-        a16 = _scratch(mpad * lda, np.int16)
-        _widen_grouped(a, bounds, zp_arr, aoff, mpad, lda, a16)
-        _gemm_grouped_core(a16, lda, M, aoff, wp, woff, kps, pw.n, scales.astype(np.float64), ws, w_scale is not None,
-                           bs, bias is not None, out.reshape(-1))
+        bounds, widen_zps, aoff, lda = args[:4]
+        buf = _scratch(mpad * lda, np.uint8 if kernel is _gemm_grouped_quads_core else np.int16)
+        _widen_grouped(a, bounds, widen_zps, aoff, mpad, lda, buf)
+        kernel(buf, lda, M, aoff, *args[4:-1], pw.n, args[-1], ws, w_scale is not None, bs, bias is not None, out.reshape(-1))
         # the activation as its own parallel pass: GELU on each 4 x 16 tile in the store was tried and
         # was slower (per-call overhead of the vectorised exp on 64 values)
         return out if act is None else activation(act, out, inplace=True)
+    bounds, zps, scales = _check_grouped(a.dtype, K, group_bounds, group_zero_points, group_scales)
+    G = bounds.size - 1
     # int16 activations: one split-K int64 GEMM per group, summed in float64 in group order
     packs = pw.group_packs(bounds)
     y = np.zeros((M, pw.n), dtype=np.float64)  # [M, N] float64 sum over groups

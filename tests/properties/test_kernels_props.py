@@ -9,11 +9,13 @@ statements (equivariance, the 75 % bound) are tested without rounding slack.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npbert.kernels import reference as R
+from npbert.kernels._simd import HAVE_U8S7
 from npbert.kernels.gemm import bgemm_u8s8, gemm_grouped, gemm_s8s8, gemm_s16s8, gemm_u8s8, pack_int8_weight
 from npbert.kernels.quantize import quantize_dynamic, quantize_static, requantize
 from npbert.kernels.selection import quantile_linear, select_kth, tmiqr_threshold
@@ -83,6 +85,22 @@ def test_gemm_seven_bit_weights_exact(data, m, n, k):
     assert np.array_equal(gemm_u8s8(au, zp, pw), (au.astype(np.int64) - zp) @ w.astype(np.int64).T)
 
 
+@pytest.mark.skipif(not HAVE_U8S7, reason="quad panels need an AVX2 CPU")
+@settings(deadline=None, max_examples=EXAMPLES)
+@given(st.data(), dim, dim, dim)
+def test_gemm_eight_bit_quads_exact(data, m, n, k):
+    """Any int8 weight in quad panels (its saturating pairs split off as sparse fixes) runs the
+    vpmaddubsw kernel exactly, for every int8 / uint8 activation and zero point."""
+    w = _fill(data.draw, np.int8, (n, k))
+    pw = pack_int8_weight(_layout(data.draw, w), "quads")
+    assert np.array_equal(pw.w, w)
+    a = _layout(data.draw, _fill(data.draw, np.int8, (m, k)))
+    assert np.array_equal(gemm_s8s8(a, pw), R.gemm_s8s8_ref(a, w))
+    au = _layout(data.draw, _fill(data.draw, np.uint8, (m, k)))
+    zp = data.draw(st.integers(0, 255))
+    assert np.array_equal(gemm_u8s8(au, zp, pw), (au.astype(np.int64) - zp) @ w.astype(np.int64).T)
+
+
 @settings(deadline=None, max_examples=EXAMPLES)
 @given(st.data(), dim, dim, st.one_of(dim, st.integers(500, 1100)), st.integers(-(2**16), 2**16))
 def test_gemm_s16s8_exact(data, m, n, k, zp):
@@ -105,7 +123,9 @@ def test_gemm_grouped_bit_identical(data, m, n, k, dtype):
     )
     a = _fill(data.draw, dtype, (m, k))
     w = _fill(data.draw, np.int8, (n, k))
-    y = gemm_grouped(a, bounds, zps, scales, w)
+    # quad panels (8-bit activations on AVX2; the int16 path repacks pairs) must match the same reference
+    layout = data.draw(st.sampled_from(("pairs", "quads") if HAVE_U8S7 else ("pairs",)))
+    y = gemm_grouped(a, bounds, zps, scales, pack_int8_weight(w, layout))
     ref = R.gemm_grouped_ref(a, bounds, zps, scales, w)
     assert np.array_equal(y.view(np.int32), ref.view(np.int32))
 

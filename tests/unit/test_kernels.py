@@ -15,8 +15,8 @@ import pytest
 from npbert.errors import InputError, QuantError
 from npbert.kernels import gemm as G
 from npbert.kernels import reference as R
-from npbert.kernels._simd import (HAVE_U8S7, MR, NR, microkernel_finish, microkernel_ir, microkernel_numba, microkernel_scaled,
-                                  microkernel_u8s7, microkernel_u8s7_numba)
+from npbert.kernels._simd import (HAVE_U8S7, MR, NR, microkernel_finish, microkernel_ir, microkernel_numba, microkernel_quads,
+                                  microkernel_scaled, microkernel_u8s7, microkernel_u8s7_numba)
 from npbert.kernels.gemm import (
     bgemm_s8s8,
     bgemm_u8s8,
@@ -133,6 +133,31 @@ def test_microkernel_u8s7_equals_numba_twin(nquads):
 
 
 @needs_u8s7
+@pytest.mark.parametrize("nfix", [0, 1, 7, 40])
+def test_microkernel_quads_fixes_equal_twin(nfix):
+    """The fixes added in the registers: the twin without fixes plus a8[r, k] * v in column c, for
+    fixes anywhere in the tile (repeated columns and ks, both halves, the extreme values)."""
+    rng = _rng(300 + nfix)
+    nq, lda = 9, 4 * 9 + 4
+    a = _u8(rng, 3 + MR * lda)
+    a[3 : 3 + 4] = 255
+    w = _i7(rng, 8 + 64 * nq)
+    corr = rng.integers(-1000, 1000, 20).astype(np.int32)
+    fc = rng.integers(0, NR, nfix + 2).astype(np.int64)
+    fk = rng.integers(0, 4 * nq, nfix + 2).astype(np.int64)
+    fv = rng.integers(-128, 128, nfix + 2).astype(np.int64)
+    if nfix:
+        fc[1], fk[1], fv[1] = 15, 0, -128
+    o1, o2 = np.full(70, 7, np.int32), np.full(70, 7, np.int32)
+    microkernel_quads(a, 3, lda, w, 8, nq, corr, 2, fc, fk, fv, 1, 1 + nfix, o1, 1, 17)  # entries 1..nfix only
+    microkernel_u8s7_numba(a, 3, lda, w, 8, nq, corr, 2, o2, 1, 17)
+    for e in range(1, 1 + nfix):
+        for r in range(MR):
+            o2[1 + r * 17 + fc[e]] += np.int32(a[3 + r * lda + fk[e]]) * np.int32(fv[e])
+    _eq(o1, o2)
+
+
+@needs_u8s7
 @pytest.mark.parametrize("wv", [-64, 63])
 def test_microkernel_u8s7_extreme_pairs_do_not_saturate(wv):
     """vpmaddubsw saturates int16 pair sums; at the 7-bit extremes a pair is 2 * 255 * 64 = 32640 < 2^15."""
@@ -190,16 +215,86 @@ def test_generic_numba_target_keeps_the_portable_kernel():
 def test_pack_layouts():
     rng = _rng(5)
     w8, w7 = _i8(rng, (20, 30)), _i7(rng, (20, 30))
-    assert pack_int8_weight(w8).layout == "pairs"
+    assert pack_int8_weight(w8).layout == "pairs"  # uniform int8: about 1 in 4 weights would need a fix
     assert pack_int8_weight(w7, "pairs").layout == "pairs"
-    with pytest.raises(QuantError, match=r"quad panels need weights in \[-64, 63\]"):
-        pack_int8_weight(w8, "quads")
     with pytest.raises(QuantError, match="layout must be"):
         pack_int8_weight(w7, "triples")
     if HAVE_U8S7:
         pq = pack_int8_weight(w7)
         assert pq.layout == "quads" and pq.panels.nbytes == 32 * 32  # 2 panels x 8 quads x 64 bytes
         assert pq.pairs().layout == "pairs" and np.array_equal(pq.pairs().w, w7)
+
+
+def _gaussian_codes(rng, shape):
+    """Per-tensor symmetric codes of a Gaussian weight (max |w| -> 127): a BERT weight's few large pairs."""
+    x = rng.standard_normal(shape)
+    return np.round(x / np.abs(x).max() * 127).astype(np.int8)
+
+
+def test_split_saturating_pairs():
+    """safe + fixes = w, no safe pair can saturate (positive and negative parts each sum to <= 128),
+    one fix per offending pair and none elsewhere; the extremes -128 / 127 and an odd K included."""
+    rng = _rng(11)
+    w = _i8(rng, (40, 57))
+    w[0, :4] = [-128, -128, 127, 127]
+    w[1, :4] = [-128, 127, 64, 64]  # opposite signs, and 64 + 64 = 128: both fine
+    safe, fn, fk, fv = G.split_saturating_pairs(w)
+    back = safe.astype(np.int64)
+    np.add.at(back, (fn, fk), fv)
+    assert np.array_equal(back, w)
+    pairs = np.pad(safe.astype(np.int64), ((0, 0), (0, 1))).reshape(40, -1, 2)
+    assert np.maximum(pairs, 0).sum(-1).max() <= 128 and np.maximum(-pairs, 0).sum(-1).max() <= 128
+    orig = np.pad(w.astype(np.int64), ((0, 0), (0, 1))).reshape(40, -1, 2)
+    offending = (np.maximum(orig, 0).sum(-1) > 128) | (np.maximum(-orig, 0).sum(-1) > 128)
+    assert fv.size == offending.sum() and np.all(fv != 0)
+    assert np.array_equal(np.unique(fn * 1000 + fk // 2), np.unique(np.nonzero(offending)[0] * 1000 + np.nonzero(offending)[1]))
+    assert (0, 0) in set(zip(fn, fk // 2)) and (0, 1) in set(zip(fn, fk // 2)) and 1 not in fn[fk < 4]
+    order = np.lexsort((fk, fn // NR))
+    assert np.array_equal(order, np.arange(fv.size))  # sorted by (panel, k), as the kernel walks them
+
+
+@needs_u8s7
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_quads_eight_bit_exact(m, n, k):
+    """8-bit weights forced into quad panels (uniform codes: about a quarter of them split off as
+    fixes) stay exact against the twins, the extremes of both operands included."""
+    rng = _rng(m * 5 + n * 11 + k)
+    w = _i8(rng, (n, k))
+    pw = pack_int8_weight(w, "quads")
+    assert pw.layout == "quads" and np.array_equal(pw.w, w)
+    a8, au = _i8(rng, (m, k)), _u8(rng, (m, k))
+    _eq(gemm_s8s8(a8, pw), R.gemm_s8s8_ref(a8, w))
+    for zp in (0, 77, 255):
+        _eq(gemm_u8s8(au, zp, pw), R.gemm_u8s8_ref(au, zp, w))
+    for wv in (-128, 127):
+        we = np.full((n, k), wv, np.int8)
+        pe = pack_int8_weight(we, "quads")
+        for av in (0, 255):
+            ae = np.full((m, k), av, np.uint8)
+            _eq(gemm_u8s8(ae, 0, pe), R.gemm_u8s8_ref(ae, 0, we))
+        for av in (-128, 127):
+            ae = np.full((m, k), av, np.int8)
+            _eq(gemm_s8s8(ae, pe), R.gemm_s8s8_ref(ae, we))
+
+
+@needs_u8s7
+def test_quads_chosen_for_few_fixes():
+    """auto: a per-tensor Gaussian weight needs few fixes (quads); a 7-bit one none; uniform codes
+    too many (pairs). The 8-bit quad GEMM at K_MAX_S8S8, where its int32 terms wrap, is exact."""
+    rng = _rng(12)
+    w = _gaussian_codes(rng, (768, 768))  # (the max of 0.6 M normals: about 1e-4 of them need a fix)
+    pw = pack_int8_weight(w)
+    assert pw.layout == "quads" and 0 < pw.fixes[3].size <= G.QUAD_FIX_MAX * w.size
+    assert np.array_equal(pw.w, w) and pack_int8_weight(_i7(rng, (3, 5))).fixes[3].size == 0
+    assert pack_int8_weight(_i8(rng, (64, 256))).layout == "pairs"
+    # int8 a = 127 is 255 in the kernel: sum_k 255 * (-128) = -4.3e9 wraps int32, the true
+    # 127 * (-128) * K = -2.1e9 does not; every pair (-128, -128) splits into (-128, 0) + a fix
+    K = G.K_MAX_S8S8
+    we = np.full((2, K), -128, np.int8)
+    ae = np.full((4, K), 127, np.int8)
+    pe = pack_int8_weight(we, "quads")
+    assert pe.fixes[3].size == 2 * (K // 2)
+    _eq(gemm_s8s8(ae, pe), R.gemm_s8s8_ref(ae, we))
 
 
 def test_microkernel_extreme_pairs_do_not_wrap():
@@ -382,9 +477,14 @@ def test_gemm_bad_arguments():
             gemm_grouped(_i8(rng, (2, 6)), np.array([0, 3, 6]), zps, np.ones(2, np.float32), w)
 
 
+LAYOUTS = ("pairs", "quads") if HAVE_U8S7 else ("pairs",)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16])
 @pytest.mark.parametrize("m,n,k,bounds", [(7, 17, 33, [0, 33]), (5, 33, 129, [0, 1, 64, 65, 129]), (17, 3, 130, [0, 7, 70, 130])])
-def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds):
+def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds, layout):
+    """Pair panels, and quad panels (uniform int8 weights: many fixes per group) for 8-bit codes."""
     rng = _rng(k + len(bounds))
     info = np.iinfo(dtype)
     a = rng.integers(info.min, info.max + 1, (m, k)).astype(dtype)
@@ -396,13 +496,26 @@ def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds):
         zps = rng.integers(info.min, info.max + 1, G_).astype(np.int32)
     scales = (rng.random(G_) * 1e-2 + 1e-4).astype(np.float32)
     b = np.array(bounds, np.int64)
-    pw = pack_int8_weight(w)
+    pw = pack_int8_weight(w, layout)
     ref = R.gemm_grouped_ref(a, b, zps, scales, w)
     y = gemm_grouped(a, b, zps, scales, pw)
     assert y.dtype == np.float32
     assert np.array_equal(y.view(np.int32), ref.view(np.int32))  # bit for bit
-    _eq(gemm_grouped(a, b, zps, scales, pw), ref)  # cached group packs give the same answer
+    _eq(gemm_grouped(a, b, zps, scales, pw), ref)  # cached group packs and plan give the same answer
     _eq(gemm_grouped(a, b, zps, scales, w), ref)
+    # plans are cached by the arguments' bytes: arrays changed in place get a new, checked plan
+    zps2, scales2 = zps.copy(), scales.copy()
+    zps2[-1] = info.min if dtype != np.int16 else -7
+    scales2[0] *= 3
+    want2 = R.gemm_grouped_ref(a, b, zps2, scales2, w)
+    zps[...], scales[...] = zps2, scales2
+    _eq(gemm_grouped(a, b, zps, scales, pw), want2)
+    if dtype != np.int16:
+        zps[0] = info.max + 1 if dtype == np.int8 else -1
+        with pytest.raises(QuantError, match="outside"):
+            gemm_grouped(a, b, zps, scales, pw)
+        zps[...] = zps2
+    ref = want2
     # W scale, bias and the activation in the tile store: the NumPy epilogue then fused.activation, bitwise
     ws = (rng.random(n) * 1e-2 + 1e-3).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
