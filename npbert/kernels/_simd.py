@@ -162,8 +162,20 @@ def _microkernel_scaled_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s)
     return sig, codegen
 
 
+def _fma8(builder, x, y, z):
+    """x * y + z on <8 x double>, one rounding (llvm.fma: vfmadd on FMA CPUs, exact emulation elsewhere)."""
+    v8f64 = ir.VectorType(ir.DoubleType(), 8)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8f64, [v8f64] * 3), "llvm.fma.v8f64")
+    return builder.call(fma, [x, y, z])
+
+
 def _store_scaled(context, builder, signature, args, accs, k):
-    """yt += s * float64(acc) for the eight accumulators (row r, half h at 2r + h); yt, s = args[k], args[k + 1]."""
+    """yt += s * float64(acc) for the eight accumulators (row r, half h at 2r + h); yt, s = args[k], args[k + 1].
+
+    One fused multiply-add, bit-identical to the separate multiply and add because the product is
+    exact: s is a float32 (24-bit significand) and |acc| < 2^29 (29 bits), so s * acc needs at most
+    53 bits; fma then rounds yt + s * acc once, exactly as the add alone would. The callers keep
+    |acc| < 2^29 (gemm.K_MAX_FMA)."""
     y_arr = context.make_array(signature.args[k])(context, builder, args[k])
     f64 = ir.DoubleType()
     v8f64 = ir.VectorType(f64, 8)
@@ -171,12 +183,13 @@ def _store_scaled(context, builder, signature, args, accs, k):
     y_base = builder.bitcast(y_arr.data, f64.as_pointer())
     for i, acc in enumerate(accs):  # acc 2r + h holds tile[r, 8h:8h+8] = yt[16r + 8h : ...] = yt[8i : 8i + 8]
         dst = builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]), v8f64.as_pointer())
-        builder.store(builder.fadd(builder.load(dst, align=8), builder.fmul(builder.sitofp(acc, v8f64), sv)), dst, align=8)
+        builder.store(_fma8(builder, builder.sitofp(acc, v8f64), sv, builder.load(dst, align=8)), dst, align=8)
 
 
 def _store_finish(context, builder, signature, args, accs, k):
-    """v = yt + s * float64(acc), then dst[d_off + r*ldd + c] = float32(v[r, c]) * ws[c] + bs[c];
-    yt, s, ws, bs, dst, d_off, ldd = args[k : k + 7]. yt is left as it was (v is not stored back)."""
+    """v = yt + s * float64(acc) (one fma, exact as in _store_scaled), then dst[d_off + r*ldd + c] =
+    float32(v[r, c]) * ws[c] + bs[c]; yt, s, ws, bs, dst, d_off, ldd = args[k : k + 7]. yt is left as it
+    was (v is not stored back)."""
     arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
     f32, f64, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(64)
     v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
@@ -190,8 +203,8 @@ def _store_finish(context, builder, signature, args, accs, k):
     bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
     for i, acc in enumerate(accs):
         r, h = divmod(i, 2)
-        v = builder.fadd(builder.load(vec(y_base, 8 * i, v8f64), align=8), builder.fmul(builder.sitofp(acc, v8f64), sv))
-        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
+        v = _fma8(builder, builder.sitofp(acc, v8f64), sv, builder.load(vec(y_base, 8 * i, v8f64), align=8))
+        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])  # float32: rounds, no fma
         row = builder.gep(d_base, [builder.mul(args[k + 6], ir.Constant(i64, r))])
         builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
 
@@ -224,13 +237,15 @@ def _microkernel_finish_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s,
 
 @njit
 def microkernel_scaled(a16, a_off, lda, wp, w_off, npairs, yt, s):
-    """yt[r*16 + c] += s * float64(tile[r, c]), tile = microkernel's 4 x 16 result (yt float64 flat [64])."""
+    """yt[r*16 + c] += s * float64(tile[r, c]), tile = microkernel's 4 x 16 result (yt float64 flat [64]);
+    s a float32 value and |tile| < 2^29, which make the product exact (see _store_scaled)."""
     _microkernel_scaled_ir(a16, a_off, lda, wp, w_off, npairs, yt, s)
 
 
 @njit
 def microkernel_finish(a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d_off, ldd):
-    """dst[d_off + r*ldd + c] = float32(yt[r*16 + c] + s * float64(tile[r, c])) * ws[c] + bs[c]."""
+    """dst[d_off + r*ldd + c] = float32(yt[r*16 + c] + s * float64(tile[r, c])) * ws[c] + bs[c] (s a float32
+    value, |tile| < 2^29, as microkernel_scaled)."""
     _microkernel_finish_ir(a16, a_off, lda, wp, w_off, npairs, yt, s, ws, bs, dst, d_off, ldd)
 
 

@@ -69,6 +69,7 @@ K_MAX_U8S8 = 65793  # (2^31 - 1) // (255 * 128)
 _NO_FLAT = np.zeros(0, dtype=np.int32)  # "no direct store" (int64 results go through the tile)
 _NO_FIX = np.zeros(0, dtype=np.int64)
 _NO_FIXES = (_NO_FIX, _NO_FIX, _NO_FIX, _NO_FIX)  # pairs panels hold w itself
+K_MAX_FMA = 16448  # groups up to this width keep |acc| <= 255 * 128 * K < 2^29: the float32 scale times acc is exact in float64 (fma == mul + add)
 QUAD_FIX_MAX = 1.0 / 512  # the most fixes per weight quad panels carry; break-even is near 4e-3 (bench/bench_quad_fixes.py)
 S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 2139095040 < 2^31
 
@@ -659,7 +660,8 @@ def _check_grouped(dtype, K: int, group_bounds, group_zero_points, group_scales)
 
 
 def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_points, group_scales):
-    """(core, args) of an 8-bit gemm_grouped call: args = (bounds, per-group widen offsets, activation
+    """(core, args) of an 8-bit gemm_grouped call (core None: a group wider than K_MAX_FMA, for the
+    split-K path): args = (bounds, per-group widen offsets, activation
     offsets, lda, the core's weight / correction arguments..., scales float64 [G]). Cached on the weight,
     keyed by the arguments' bytes: a PEG layer calls with the same groups, zero points and scales every
     time, so the checks and the zero-point corrections (about 70 us of Python, 2% of a MiniLM batch-1
@@ -675,7 +677,9 @@ def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_
             return plan
     bounds, zp_arr, scales = _check_grouped(dtype, K, gb, zp_in, sc_in)
     G = bounds.size - 1
-    if pw.layout == "quads":  # the weight qualified for quad panels: its group slices run them too
+    if np.diff(bounds).max() > K_MAX_FMA:  # the tile kernels' fma needs exact products: the split-K path
+        plan = (None, ())
+    elif pw.layout == "quads":  # the weight qualified for quad panels: its group slices run them too
         wq, woff, kqs, aoff, lda, sums, fstart, fc, fk, fv = pw.group_quads_layout(bounds)
         shift = -128 if dtype == np.int8 else 0  # int8 codes + 128 -> uint8, zero points with them
         corr = ((zp_arr - shift).astype(np.int32)[:, None] * sums).reshape(-1)  # wraps like the kernel: mod 2^32
@@ -708,8 +712,10 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
     a = C.as_c(C.array(a, "a", (np.uint8, np.int8, np.int16), 2))
     _check_mk(a, pw, "gemm_grouped")
     M, K = a.shape
+    kernel = None
     if a.dtype != np.int16:
         kernel, args = _grouped_plan(pw, a.dtype, K, group_bounds, group_zero_points, group_scales)
+    if kernel is not None:
         # One pass: every group's tile accumulated while it is in registers / L1, one float32 store.
         out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped")
         if M == 0 or pw.n == 0:
@@ -726,7 +732,8 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         return out if act is None else activation(act, out, inplace=True)
     bounds, zps, scales = _check_grouped(a.dtype, K, group_bounds, group_zero_points, group_scales)
     G = bounds.size - 1
-    # int16 activations: one split-K int64 GEMM per group, summed in float64 in group order
+    # int16 activations (or groups wider than K_MAX_FMA): one split-K int64 GEMM per group, summed in
+    # float64 in group order
     packs = pw.group_packs(bounds)
     y = np.zeros((M, pw.n), dtype=np.float64)  # [M, N] float64 sum over groups
     for g in range(G):

@@ -532,6 +532,30 @@ def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds, layout):
         gemm_grouped(a, b, zps, scales, pw, act="swish")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("wide", [0, 1])
+def test_gemm_grouped_at_the_fma_bound(layout, wide):
+    """The tile kernels add s * acc with one fma, equal to multiply-then-add only while the product is
+    exact (|acc| < 2^29): at a group width of K_MAX_FMA, with the extreme products and full-mantissa
+    scales, the result still equals the reference bit for bit; one column wider, the call takes the
+    split-K path and does too."""
+    K0 = G.K_MAX_FMA + wide
+    K = K0 + 5
+    rng = _rng(21 + wide)
+    a = np.full((5, K), 255, np.uint8)
+    a[1] = rng.integers(0, 256, K)
+    w = np.full((17, K), -128, np.int8)
+    w[3] = rng.integers(-128, 128, K)
+    w[4, ::2] = 127  # alternating signs: no pair of this row needs a fix
+    bounds = np.array([0, K0, K], np.int64)
+    zps = np.array([0, 7], np.int32)
+    scales = np.array([1 / 3, 2.0**-20 * 1.2345678], np.float32)
+    ref = R.gemm_grouped_ref(a, bounds, zps, scales, w)
+    got = gemm_grouped(a, bounds, zps, scales, pack_int8_weight(w, layout))
+    assert np.abs(255.0 * 128 * K0) < 2**29 or wide
+    assert np.array_equal(got.view(np.int32), ref.view(np.int32))
+
+
 @pytest.mark.parametrize("b,m,n,k", [(1, 1, 1, 1), (3, 7, 17, 33), (5, 33, 16, 64), (2, 129, 127, 3), (4, 128, 64, 128)])
 def test_bgemm_exact(b, m, n, k):
     rng = _rng(b * m + n * k)
