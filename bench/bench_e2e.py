@@ -504,11 +504,12 @@ def worker_memory(spec: dict) -> dict:
         del model
         model = qm
         qw = qm.qweights
-        # A quantized model holds: the int8 panels (the only copy of each linear weight) with their row
-        # sums and scales, the int8 word table + row scales with emb=int8, and the float rest (biases,
-        # LayerNorms, position / type tables, and the word table without emb=int8).
-        res["int8_weight_bytes"] = sum(w.packed.panels.nbytes + w.packed.row_sums.nbytes + w.scale.nbytes
-                                       for w in qw.values())
+        # A quantized model holds: the int8 panels (with quad panels' sparse fixes, the only copy of each
+        # linear weight) with their row sums and scales, the int8 word table + row scales with emb=int8,
+        # and the float rest (biases, LayerNorms, position / type tables, and the word table without
+        # emb=int8).
+        res["int8_weight_bytes"] = sum(w.packed.panels.nbytes + sum(f.nbytes for f in w.packed.fixes)
+                                       + w.packed.row_sums.nbytes + w.scale.nbytes for w in qw.values())
         res["int8_embedding_bytes"] = sum(a.nbytes for a in qm.word_emb) if qm.word_emb is not None else 0
         res["float_param_bytes_rest"] = sum(a.nbytes for a in qm.params.values())
         res["int8_model_bytes"] = res["int8_weight_bytes"] + res["int8_embedding_bytes"] + res["float_param_bytes_rest"]
@@ -516,7 +517,7 @@ def worker_memory(spec: dict) -> dict:
                                                    if k.endswith(".weight") and k[:-7] in qw)
         arrays = list(qm.params.values()) + (list(qm.word_emb) if qm.word_emb is not None else [])
         for w in qw.values():
-            arrays += [w.scale, w.bias, w.packed.panels, w.packed.row_sums]
+            arrays += [w.scale, w.bias, w.packed.panels, w.packed.row_sums, *w.packed.fixes]
         res["npbert_resident_bytes"] = _unique_nbytes(arrays)
     else:
         res["npbert_resident_bytes"] = _unique_nbytes(model.params.values())

@@ -11,6 +11,10 @@ Two variants for the grouped (PEG) GEMM share the k-pair loop and differ in the 
 one adds s * float64(tile) into a float64 [4, 16] buffer, the finishing one also rounds to float32,
 multiplies the W scales, adds the biases and stores the tile into the float32 result.
 
+On AVX2 a second family works on quad panels with vpmaddubsw (uint8 x int8, see the section
+"the uint8 x int8 quad micro-kernel" below): plain int32 tiles and the same two grouped variants,
+each adding the panel's sparse fixes in its registers.
+
 Editing this file: numba's on-disk cache (cache=True) keys gemm.py's compiled functions on gemm.py's
 own source, not on the functions they inline from here; npbert._jit.drop_stale_cache therefore drops
 the package's whole cache when any of its sources changes.
@@ -163,7 +167,10 @@ def _microkernel_scaled_ir(typingctx, a16, a_off, lda, wp, w_off, npairs, yt, s)
 
 
 def _fma8(builder, x, y, z):
-    """x * y + z on <8 x double>, one rounding (llvm.fma: vfmadd on FMA CPUs, exact emulation elsewhere)."""
+    """x * y + z on <8 x double> where the product x * y is exact (the callers' contract): one fma on
+    FMA targets, else multiply then add; with an exact product both round once, the same way."""
+    if not HAVE_FMA:
+        return builder.fadd(builder.fmul(x, y), z)
     v8f64 = ir.VectorType(ir.DoubleType(), 8)
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8f64, [v8f64] * 3), "llvm.fma.v8f64")
     return builder.call(fma, [x, y, z])
@@ -266,26 +273,34 @@ microkernel = microkernel_ir  # the one gemm.py uses; microkernel_numba stays as
 # intrinsics and exists only where numba's target has AVX2 (HAVE_U8S7: named for the 7-bit weights
 # it was first written for).
 
-def _target_has_avx2() -> bool:
-    """Whether numba compiles for a CPU with AVX2: the host's features, unless NUMBA_CPU_NAME /
-    NUMBA_CPU_FEATURES pin another target (portable caches set 'generic'), which then must name
-    +avx2 itself. Asking the host alone would let LLVM abort on the intrinsic for a generic target."""
+def _target_has(feature: str) -> bool:
+    """Whether numba compiles for a CPU with `feature` (an LLVM feature name: "avx2", "fma"): the
+    host's features, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pin another target (portable caches
+    set 'generic'), which then must name +feature itself. Asking the host alone would let LLVM abort
+    on an AVX2 intrinsic for a generic target."""
     from numba.core import config
 
     feats = (config.CPU_FEATURES or "").split(",")
-    if "-avx2" in feats:
+    if f"-{feature}" in feats:
         return False
     if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES:
-        return "+avx2" in feats
+        return f"+{feature}" in feats
     try:
         from llvmlite import binding as llvm_binding
 
-        return bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+        return bool(llvm_binding.get_host_cpu_features().get(feature, False))
     except Exception:  # pragma: no cover - feature query unavailable: stay on the portable kernel
         return False
 
 
+def _target_has_avx2() -> bool:
+    return _target_has("avx2")
+
+
 HAVE_U8S7 = _target_has_avx2()
+# with FMA hardware the grouped tiles' s * acc + yt is one vfmadd; without it, llvm.fma would become a
+# libm call per lane, so the separate multiply and add (the same bits, see _store_scaled) are emitted
+HAVE_FMA = _target_has("fma")
 
 
 @njit

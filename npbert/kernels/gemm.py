@@ -86,7 +86,7 @@ def split_saturating_pairs(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     sum to at most 128 (255 * 128 = 32640; 255 * 129 = 32895 does not fit). Only a same-sign pair can
     break that, and only when both are large: about 1e-4 of the pairs of a per-tensor 8-bit BERT
     weight. Such a pair keeps its larger member; the other becomes sign * (128 - |larger|) and the
-    rest of it (one int8 value) goes to the fix list, added by a scalar loop after each tile.
+    rest of it (one int8 value) goes to the fix list, which the micro-kernel adds in its registers.
     fix_* are int64 [F] sorted by (n // 16, k): column, k, value."""
     N, K = w.shape
     pad = np.zeros((N, K + (K & 1)), np.int16)  # [N, 2 KP]: int16, so |w0| + |w1| cannot wrap
@@ -114,10 +114,11 @@ class PackedInt8Weight:
 
     Attributes: n, k; layout: "pairs" (int8 [NP*KP*32], see the module docstring) or "quads"
     (int8 [NP*KQ*64], quads[j, q, c, t] = safe[16j + c, 4q + t], for the uint8 x int8 vpmaddubsw kernel
-    on AVX2, see _simd.py); panels: the stored weights (the only copy, unless a kernel needs the other
-    layout or per-group panels: pairs() and group_layout() cache those); fixes (quads only): the
+    on AVX2, see _simd.py); panels: the stored weights (with the fixes, the only copy, unless a kernel
+    needs the other layout or per-group panels: pairs(), group_layout() and group_quads_layout() cache
+    those, and gemm_grouped its checked plans); fixes (quads only): the
     sparse remainder w - safe of the few k-pairs that could saturate (split_saturating_pairs) as
-    (panel starts int64 [NP+1], column in panel, k, value; int64 [F] each), empty for 7-bit weights;
+    (panel starts int64 [NP+1], column in panel, k, value; int64 [F] each; no entries for 7-bit weights);
     row_sums (int32 [N], sum_k w[n, k], for zero-point correction:
     sum_k (a - z) w = sum_k a w - z * row_sums); w (property: the int8 [N, K] unpacked from the
     panels and fixes on each access, read-only; for the reference twins, simulation and saving).
@@ -151,6 +152,8 @@ class PackedInt8Weight:
         # [NP, NR, ng, per] -> [NP, ng, NR, per]: panel-major, then k-group, then column, then member
         self.panels = np.ascontiguousarray(buf.reshape(NP, NR, ng, per).transpose(0, 2, 1, 3)).reshape(-1)
         self.fixes = _NO_FIXES
+        if layout == "quads":  # panel starts [NP+1] even without fixes (an empty or 7-bit weight)
+            self.fixes = (np.zeros(NP + 1, np.int64), _NO_FIX, _NO_FIX, _NO_FIX)
         if layout == "quads" and split is not None:
             _, fn, fk, fv = split
             starts = np.searchsorted(fn // NR, np.arange(NP + 1)).astype(np.int64)
@@ -163,7 +166,7 @@ class PackedInt8Weight:
         NP = -(-self.n // NR)
         per, ng = (2, self.kp) if self.layout == "pairs" else (4, self.kq)
         buf = self.panels.reshape(NP, ng, NR, per).transpose(0, 2, 1, 3).reshape(NP * NR, per * ng)
-        w = np.ascontiguousarray(buf[: self.n, : self.k])
+        w = np.array(buf[: self.n, : self.k], copy=True)  # a copy: with one k-group buf is a view of the panels
         starts, fc, fk, fv = self.fixes
         if fv.size:
             panel = np.repeat(np.arange(NP), np.diff(starts))
@@ -425,8 +428,8 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
 def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
                              has_w_scale, bias, has_bias, out_flat):
     """_gemm_grouped_core on quad panels: acc_g = sum_{k in g} a8 safe_g + group g's fixes - corr[g],
-    complete in the micro-kernel's registers before it is scaled; a8 the shifted uint8 codes,
-    corr[g, n] = (zp_g + shift) * sum_{k in g} w[n, k] (int32 [G, NP*16], flat), fix_start [G, NP+1].
+    complete in the micro-kernel's registers before it is scaled; a8 the uint8 codes (int8 ones + 128),
+    corr[g, n] = (zp_g + 128 for int8 codes, zp_g for uint8) * sum_{k in g} w[n, k] (int32 [G, NP*16], flat), fix_start [G, NP+1].
     Same float64 sum, rounding and store as the pairs core: the two are bit-identical.
     # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
     NP = (n + NR - 1) // NR
@@ -539,8 +542,8 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
 
 def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     """int32 [M, N] = sum_k (a - zp) w with quad panels: int8 a is offset to uint8 (a + 128, so the
-    zero point becomes zp + 128), then sum_k a_u8 safe - zp_u8 * row_sums in the micro-kernel's store
-    and + sum a_u8 fix after it. The terms may wrap int32 (for 8-bit weights near the K limits);
+    zero point becomes zp + 128), then sum_k a_u8 safe + sum a_u8 fix - zp_u8 * row_sums, all in the
+    micro-kernel. The terms may wrap int32 (for 8-bit weights near the K limits);
     all of it is arithmetic mod 2^32, so the result is exact wherever the true one fits int32, which
     the callers' K limits ensure."""
     M = a.shape[0]
@@ -670,8 +673,9 @@ def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_
     gb, zp_in, sc_in = np.asarray(group_bounds), np.asarray(group_zero_points), np.asarray(group_scales)
     key = None
     if gb.dtype.kind in "iu" and zp_in.dtype.kind in "iuf" and sc_in.dtype.kind in "iuf":
-        key = (b"plan", np.dtype(dtype).char, K, gb.dtype.char, gb.shape, gb.tobytes(), zp_in.dtype.char, zp_in.shape,
-               zp_in.tobytes(), sc_in.dtype.char, sc_in.shape, sc_in.tobytes())
+        # dtype.str, not .char: it names the byte order, so '>i2' and '<i2' bytes never share a plan
+        key = (b"plan", np.dtype(dtype).str, K, gb.dtype.str, gb.shape, gb.tobytes(), zp_in.dtype.str, zp_in.shape,
+               zp_in.tobytes(), sc_in.dtype.str, sc_in.shape, sc_in.tobytes())
         plan = pw._groups.get(key)
         if plan is not None:
             return plan
@@ -689,9 +693,10 @@ def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_
         wp, woff, kps, aoff, lda = pw.group_layout(bounds)
         plan = (_gemm_grouped_core, (bounds, zp_arr, aoff, lda, wp, woff, kps, scales.astype(np.float64)))
     if key is not None:
-        if sum(1 for k in pw._groups if isinstance(k, tuple)) >= _PLANS_MAX:
-            for k in [k for k in pw._groups if isinstance(k, tuple)]:
-                del pw._groups[k]
+        plans = [k for k in list(pw._groups) if isinstance(k, tuple)]  # (a snapshot: other threads may insert)
+        if len(plans) >= _PLANS_MAX:
+            for k in plans:
+                pw._groups.pop(k, None)
         pw._groups[key] = plan
     return plan
 

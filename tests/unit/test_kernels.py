@@ -111,7 +111,7 @@ def test_scaled_and_finishing_microkernels_equal_the_twin_then_numpy(npairs):
     assert np.all(dst[~written] == 7)
 
 
-needs_u8s7 = pytest.mark.skipif(not HAVE_U8S7, reason="the uint8 x int7 kernel needs an AVX2 CPU")
+needs_u8s7 = pytest.mark.skipif(not HAVE_U8S7, reason="the quad (vpmaddubsw) kernel needs an AVX2 CPU")
 
 
 def _i7(rng, shape):
@@ -200,22 +200,31 @@ def test_gemm_quads_long_k():
 
 
 def test_generic_numba_target_keeps_the_portable_kernel():
-    """NUMBA_CPU_NAME=generic (portable caches): no AVX2 intrinsics, 7-bit weights pack as pairs."""
+    """NUMBA_CPU_NAME=generic (portable caches): no AVX2 intrinsics, 7-bit weights pack as pairs, quad
+    panels are refused, and the grouped GEMM (no fma either) matches the reference bit for bit."""
     import subprocess
     import sys
 
     code = ("from npbert.kernels._simd import HAVE_U8S7; from npbert.kernels.gemm import pack_int8_weight; "
-            "import numpy as np; print(HAVE_U8S7, pack_int8_weight(np.zeros((2, 3), np.int8)).layout)")
+            "from npbert.errors import QuantError; import numpy as np; "
+            "print(HAVE_U8S7, pack_int8_weight(np.zeros((2, 3), np.int8)).layout)\n"
+            "try:\n    pack_int8_weight(np.zeros((2, 3), np.int8), 'quads')\nexcept QuantError as e:\n    print('refused')\n"
+            # the grouped tiles without FMA hardware: multiply then add, the same bits as the reference
+            "from npbert.kernels._simd import HAVE_FMA; from npbert.kernels.gemm import gemm_grouped; "
+            "from npbert.kernels.reference import gemm_grouped_ref; r = np.random.default_rng(0); "
+            "a = r.integers(0, 256, (5, 40)).astype(np.uint8); w = r.integers(-128, 128, (7, 40)).astype(np.int8); "
+            "b = np.array([0, 9, 40]); z = np.array([3, 200]); s = np.array([1 / 3, 0.7], np.float32); "
+            "print(HAVE_FMA, np.array_equal(gemm_grouped(a, b, z, s, w).view(np.int32), gemm_grouped_ref(a, b, z, s, w).view(np.int32)))")
     env = {**__import__("os").environ, "NUMBA_CPU_NAME": "generic"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "pairs"]
+    assert out.stdout.split() == ["False", "pairs", "refused", "False", "True"]
 
 
 def test_pack_layouts():
     rng = _rng(5)
     w8, w7 = _i8(rng, (20, 30)), _i7(rng, (20, 30))
-    assert pack_int8_weight(w8).layout == "pairs"  # uniform int8: about 1 in 4 weights would need a fix
+    assert pack_int8_weight(w8).layout == "pairs"  # uniform int8: a quarter of the pairs, 1 in 8 weights, need a fix
     assert pack_int8_weight(w7, "pairs").layout == "pairs"
     with pytest.raises(QuantError, match="layout must be"):
         pack_int8_weight(w7, "triples")
@@ -256,8 +265,8 @@ def test_split_saturating_pairs():
 @needs_u8s7
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_gemm_quads_eight_bit_exact(m, n, k):
-    """8-bit weights forced into quad panels (uniform codes: about a quarter of them split off as
-    fixes) stay exact against the twins, the extremes of both operands included."""
+    """8-bit weights forced into quad panels (uniform codes: about 1 in 8 weights split off as a fix)
+    stay exact against the twins, the extremes of both operands included."""
     rng = _rng(m * 5 + n * 11 + k)
     w = _i8(rng, (n, k))
     pw = pack_int8_weight(w, "quads")
@@ -536,24 +545,64 @@ def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds, layout):
 @pytest.mark.parametrize("wide", [0, 1])
 def test_gemm_grouped_at_the_fma_bound(layout, wide):
     """The tile kernels add s * acc with one fma, equal to multiply-then-add only while the product is
-    exact (|acc| < 2^29): at a group width of K_MAX_FMA, with the extreme products and full-mantissa
-    scales, the result still equals the reference bit for bit; one column wider, the call takes the
-    split-K path and does too."""
-    K0 = G.K_MAX_FMA + wide
-    K = K0 + 5
+    exact (|acc| < 2^29). The wide group comes last, so the fma adds onto a full-precision partial sum
+    from the first group: at a width of K_MAX_FMA, with the extreme products and full-mantissa scales,
+    the result equals the reference bit for bit; one column wider, the call takes the split-K path
+    and does too."""
+    K1 = G.K_MAX_FMA + wide
+    K = 5 + K1
     rng = _rng(21 + wide)
     a = np.full((5, K), 255, np.uint8)
     a[1] = rng.integers(0, 256, K)
+    a[:, :5] = rng.integers(0, 256, (5, 5))
     w = np.full((17, K), -128, np.int8)
     w[3] = rng.integers(-128, 128, K)
-    w[4, ::2] = 127  # alternating signs: no pair of this row needs a fix
-    bounds = np.array([0, K0, K], np.int64)
-    zps = np.array([0, 7], np.int32)
+    w[4, 5::2] = 127  # alternating signs: no pair of this row needs a fix
+    w[:, :5] = rng.integers(-128, 128, (17, 5))
+    bounds = np.array([0, 5, K], np.int64)
+    zps = np.array([7, 0], np.int32)
     scales = np.array([1 / 3, 2.0**-20 * 1.2345678], np.float32)
     ref = R.gemm_grouped_ref(a, bounds, zps, scales, w)
     got = gemm_grouped(a, bounds, zps, scales, pack_int8_weight(w, layout))
-    assert np.abs(255.0 * 128 * K0) < 2**29 or wide
     assert np.array_equal(got.view(np.int32), ref.view(np.int32))
+
+
+@needs_u8s7
+def test_quads_weight_unpacking_leaves_the_panels_alone():
+    """.w adds the fixes to a copy: with one k-quad (K = 4) the unpacked array would otherwise be a view
+    of the panels. Reading it twice, then the GEMM, still gives the original weight and exact sums."""
+    w = np.full((16, 4), 100, np.int8)
+    w[:, 2:] = -90
+    pw = pack_int8_weight(w, "quads")
+    assert pw.fixes[3].size == 32
+    panels = pw.panels.copy()
+    assert np.array_equal(pw.w, w) and np.array_equal(pw.w, w)
+    assert np.array_equal(pw.panels, panels)
+    a = _i8(_rng(3), (5, 4))
+    _eq(gemm_s8s8(a, pw), R.gemm_s8s8_ref(a, w))
+    e = pack_int8_weight(np.zeros((0, 8), np.int8), "quads")  # empty: panel starts still [NP + 1]
+    assert e.fixes[0].shape == (1,)
+    y = gemm_grouped(_u8(_rng(4), (3, 8)), np.array([0, 4, 8]), np.zeros(2, np.int32), np.ones(2, np.float32), e)
+    assert y.shape == (3, 0)
+
+
+def test_gemm_grouped_plan_cache_keys_and_bound():
+    """Cached plans are keyed by dtype (byte order included), shape and bytes: the same bytes read as
+    big-endian are another zero point and get checked; past _PLANS_MAX plans the cache starts over."""
+    rng = _rng(8)
+    a = _u8(rng, (4, 12))
+    w = _i8(rng, (5, 12))
+    pw = pack_int8_weight(w)
+    b = np.array([0, 5, 12])
+    zp = np.array([3, 4], "<i2")
+    sc = np.array([1.0, 0.5], "<f4")
+    _eq(gemm_grouped(a, b, zp, sc, pw), R.gemm_grouped_ref(a, b, zp, sc, w))
+    with pytest.raises(QuantError, match="outside"):  # 3 -> 768 when the same bytes are big-endian
+        gemm_grouped(a, b, zp.view(">i2"), sc, pw)
+    for i in range(G._PLANS_MAX + 3):
+        sc_i = np.array([1.0 + i, 0.5], np.float32)
+        _eq(gemm_grouped(a, b, zp, sc_i, pw), R.gemm_grouped_ref(a, b, zp, sc_i, w))
+    assert sum(isinstance(k, tuple) for k in pw._groups) <= G._PLANS_MAX
 
 
 @pytest.mark.parametrize("b,m,n,k", [(1, 1, 1, 1), (3, 7, 17, 33), (5, 33, 16, 64), (2, 129, 127, 3), (4, 128, 64, 128)])
