@@ -429,13 +429,16 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
                              has_w_scale, bias, has_bias, out_flat):
     """_gemm_grouped_core on quad panels: acc_g = sum_{k in g} a8 safe_g + group g's fixes - corr[g],
     complete in the micro-kernel's registers before it is scaled; a8 the uint8 codes (int8 ones + 128),
-    corr[g, n] = (zp_g + 128 for int8 codes, zp_g for uint8) * sum_{k in g} w[n, k] (int32 [G, NP*16], flat), fix_start [G, NP+1].
-    Same float64 sum, rounding and store as the pairs core: the two are bit-identical.
-    # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
+    corr[g, n] = (zp_g + 128 for int8 codes, zp_g for uint8) * sum_{k in g} w[n, k] (int32 [G, NP*16], flat),
+    fix_start [G, NP+1]. Two row tiles go through each group back to back (ya, yb): their float64 sums
+    are independent, so one tile's k loop runs while the other's sum waits on its accumulators
+    (bench/bench_grouped.py times it). Same float64 sum, rounding and store as the pairs core: the
+    two are bit-identical.   # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
     NP = (n + NR - 1) // NR
     G = kqs.shape[0]
     for j in prange(NP):
-        yt = np.empty(MR * NR, dtype=np.float64)
+        ya = np.empty(MR * NR, dtype=np.float64)
+        yb = np.empty(MR * NR, dtype=np.float64)
         yf = np.empty(MR * NR, dtype=np.float32)
         n0 = j * NR
         nn = min(NR, n - n0)
@@ -446,27 +449,39 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
                 ws[c] = w_scale[n0 + c]
             if has_bias:
                 bs[c] = bias[n0 + c]
-        for i0 in range(0, m, MR):
-            mm = min(MR, m - i0)
+        for i0 in range(0, m, 2 * MR):
+            i1 = i0 + MR
+            two = i1 < m
             for t in range(MR * NR):
-                yt[t] = 0.0
+                ya[t] = 0.0
+                yb[t] = 0.0
             for g in range(G - 1):
-                _microkernel_quads_scaled_ir(a8, i0 * lda + aoff[g], lda, wq, woff[g] + j * kqs[g] * 4 * NR, kqs[g], corr,
-                                             (g * NP + j) * NR, fix_c, fix_k, fix_v, fix_start[g, j], fix_start[g, j + 1],
-                                             yt, scales[g])
+                w_off = woff[g] + j * kqs[g] * 4 * NR
+                c_off = (g * NP + j) * NR
+                f0, f1 = fix_start[g, j], fix_start[g, j + 1]
+                _microkernel_quads_scaled_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                             fix_v, f0, f1, ya, scales[g])
+                if two:
+                    _microkernel_quads_scaled_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                                 fix_v, f0, f1, yb, scales[g])
             g = G - 1
-            a_off, w_off, c_off = i0 * lda + aoff[g], woff[g] + j * kqs[g] * 4 * NR, (g * NP + j) * NR
+            w_off = woff[g] + j * kqs[g] * 4 * NR
+            c_off = (g * NP + j) * NR
             f0, f1 = fix_start[g, j], fix_start[g, j + 1]
-            if mm == MR and nn == NR:
-                _microkernel_quads_finish_ir(a8, a_off, lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k, fix_v, f0, f1,
-                                             yt, scales[g], ws, bs, out_flat, i0 * n + n0, n)
+            if m - i1 >= MR and nn == NR:  # both tiles whole: straight into out (the common case)
+                _microkernel_quads_finish_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                             fix_v, f0, f1, ya, scales[g], ws, bs, out_flat, i0 * n + n0, n)
+                _microkernel_quads_finish_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                             fix_v, f0, f1, yb, scales[g], ws, bs, out_flat, i1 * n + n0, n)
                 continue
-            _microkernel_quads_finish_ir(a8, a_off, lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k, fix_v, f0, f1,
-                                         yt, scales[g], ws, bs, yf, 0, NR)
-            for r in range(mm):
-                o = (i0 + r) * n + n0
-                for c in range(nn):
-                    out_flat[o + c] = yf[r * NR + c]
+            for half in range(2 if two else 1):  # an edge: each tile through yf, its real rows and columns copied
+                it = i0 + half * MR
+                _microkernel_quads_finish_ir(a8, it * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                             fix_v, f0, f1, ya if half == 0 else yb, scales[g], ws, bs, yf, 0, NR)
+                for r in range(min(MR, m - it)):
+                    o = (it + r) * n + n0
+                    for c in range(nn):
+                        out_flat[o + c] = yf[r * NR + c]
 
 
 @jit(parallel=True)
