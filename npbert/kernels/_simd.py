@@ -293,11 +293,7 @@ def _target_has(feature: str) -> bool:
         return False
 
 
-def _target_has_avx2() -> bool:
-    return _target_has("avx2")
-
-
-HAVE_U8S7 = _target_has_avx2()
+HAVE_U8S7 = _target_has("avx2")
 # with FMA hardware the grouped tiles' s * acc + yt is one vfmadd; without it, llvm.fma would become a
 # libm call per lane, so the separate multiply and add (the same bits, see _store_scaled) are emitted
 HAVE_FMA = _target_has("fma")
@@ -323,8 +319,8 @@ def _quad_loop(context, builder, signature, args):
 
     Fix e (f0 <= e < f1) adds a8[r, fix_k[e]] * fix_v[e] to column fix_c[e] of every row r, in the
     registers: the product is splat and masked to its lane (lane index == column), so the tile never
-    makes a round trip through memory (a [4, 16] int32 correction tile written with scalar stores
-    and read back as vectors cost about a third of a grouped GEMM's time)."""
+    makes a round trip through memory (a first version wrote a [4, 16] int32 correction tile with
+    scalar stores and read it back as vectors: it was slower)."""
     mod = builder.module
     i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)

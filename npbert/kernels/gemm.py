@@ -28,8 +28,8 @@ Quad micro-kernel: vpmaddubsw multiplies uint8 x int8 and adds adjacent products
 int16, then vpmaddwd by ones adds those pairs into int32: 32 multiply-adds in three instructions
 where the pair kernel needs four. A pair sum a0 w0 + a1 w1 (a in [0, 255]) fits int16 exactly when
 the pair's positive weights sum to at most 128 and so do its negative ones; all 7-bit weights pass,
-and in a per-tensor 8-bit BERT weight about 1 pair in 10^4 does not. split_saturating_pairs takes
-such a pair's excess out of the panel into a sparse fix list that the micro-kernel adds in its
+and 5.8e-5 of all-MiniLM-L6-v2's per-tensor 8-bit weights need a fix (README). split_saturating_pairs
+takes such a pair's excess out of the panel into a sparse fix list that the micro-kernel adds in its
 registers (a8[r, k] * v into one lane), so the result is exact for every weight: the quad panels
 hold `safe`, and safe + fixes = w. The int32 sums wrap freely (all arithmetic is mod 2^32) and are
 exact whenever the true result fits int32, which the K limits above ensure. Packing picks quads when
@@ -47,7 +47,7 @@ from numba import prange
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_finish_ir,
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_finish_ir,
                                   _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, activation
 
@@ -67,7 +67,6 @@ __all__ = [
 K_MAX_S8S8 = 131071  # (2^31 - 1) // 2^14
 K_MAX_U8S8 = 65793  # (2^31 - 1) // (255 * 128)
 _NO_FLAT = np.zeros(0, dtype=np.int32)  # "no direct store" (int64 results go through the tile)
-_NO_FIX = np.zeros(0, dtype=np.int64)
 _NO_FIXES = (_NO_FIX, _NO_FIX, _NO_FIX, _NO_FIX)  # pairs panels hold w itself
 K_MAX_FMA = 16448  # groups up to this width keep |acc| <= 255 * 128 * K < 2^29: the float32 scale times acc is exact in float64 (fma == mul + add)
 QUAD_FIX_MAX = 1.0 / 512  # the most fixes per weight quad panels carry; break-even is near 4e-3 (bench/bench_quad_fixes.py)
@@ -84,8 +83,8 @@ def split_saturating_pairs(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     The pair sum a0 w0 + a1 w1 with a0, a1 in [0, 255] is at most 255 * (w0+ + w1+) and at least
     -255 * (w0- + w1-), so it fits int16 exactly when the positive parts and the negative parts each
     sum to at most 128 (255 * 128 = 32640; 255 * 129 = 32895 does not fit). Only a same-sign pair can
-    break that, and only when both are large: about 1e-4 of the pairs of a per-tensor 8-bit BERT
-    weight. Such a pair keeps its larger member; the other becomes sign * (128 - |larger|) and the
+    break that, and only when both are large: 5.8e-5 of all-MiniLM-L6-v2's per-tensor 8-bit weights
+    need a fix. Such a pair keeps its larger member; the other becomes sign * (128 - |larger|) and the
     rest of it (one int8 value) goes to the fix list, which the micro-kernel adds in its registers.
     fix_* are int64 [F] sorted by (n // 16, k): column, k, value."""
     N, K = w.shape
@@ -123,7 +122,7 @@ class PackedInt8Weight:
     sum_k (a - z) w = sum_k a w - z * row_sums); w (property: the int8 [N, K] unpacked from the
     panels and fixes on each access, read-only; for the reference twins, simulation and saving).
     layout="auto" picks quads on AVX2 where at most QUAD_FIX_MAX of the weights need a fix (all 7-bit
-    weights; about 1e-4 of a per-tensor 8-bit BERT weight), else pairs.
+    weights; all-MiniLM-L6-v2's per-tensor 8-bit ones, README), else pairs.
     """
 
     __slots__ = ("n", "k", "kp", "kq", "layout", "panels", "fixes", "row_sums", "_groups")
@@ -381,6 +380,28 @@ def _widen_grouped(a, bounds, zps, aoff, mpad, lda, out):
                 out[i * lda + k] = 0
 
 
+@njit
+def _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn):
+    """Column panel n0..n0+nn's W scales and biases as float32 [16] each; without them 1.0 and -0.0,
+    the exact identities of * and + (padding columns get them too)."""
+    ws = np.ones(NR, dtype=np.float32)
+    bs = np.full(NR, -0.0, dtype=np.float32)
+    for c in range(nn):
+        if has_w_scale:
+            ws[c] = w_scale[n0 + c]
+        if has_bias:
+            bs[c] = bias[n0 + c]
+    return ws, bs
+
+
+@njit
+def _store_edge(yf, mm, nn, out_flat, o, n):
+    """The real mm rows x nn columns of a finished [4, 16] edge tile yf into out_flat at o (row stride n)."""
+    for r in range(mm):
+        for c in range(nn):
+            out_flat[o + r * n + c] = yf[r * NR + c]
+
+
 @jit(parallel=True)
 def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has_w_scale, bias, has_bias, out_flat):
     """out[m, n] = float32(sum_g scales[g] * acc_g[m, n]) (float64 sum, g ascending) with acc_g the exact
@@ -395,14 +416,7 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
         yf = np.empty(MR * NR, dtype=np.float32)  # [4, 16] the finished tile (edge columns computed, not stored)
         n0 = j * NR
         nn = min(NR, n - n0)
-        # this panel's W scales and biases; without them 1.0 and -0.0, the exact identities of * and +
-        ws = np.ones(NR, dtype=np.float32)
-        bs = np.full(NR, -0.0, dtype=np.float32)
-        for c in range(nn):
-            if has_w_scale:
-                ws[c] = w_scale[n0 + c]
-            if has_bias:
-                bs[c] = bias[n0 + c]
+        ws, bs = _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn)
         for i0 in range(0, m, MR):
             mm = min(MR, m - i0)
             for t in range(MR * NR):
@@ -418,10 +432,7 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
                 continue
             _microkernel_finish_ir(a16, i0 * lda + aoff[g], lda, wp, woff[g] + j * kps[g] * 2 * NR, kps[g], yt,
                                    scales[g], ws, bs, yf, 0, NR)
-            for r in range(mm):
-                o = (i0 + r) * n + n0
-                for c in range(nn):
-                    out_flat[o + c] = yf[r * NR + c]
+            _store_edge(yf, mm, nn, out_flat, i0 * n + n0, n)
 
 
 @jit(parallel=True)
@@ -442,13 +453,7 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
         yf = np.empty(MR * NR, dtype=np.float32)
         n0 = j * NR
         nn = min(NR, n - n0)
-        ws = np.ones(NR, dtype=np.float32)
-        bs = np.full(NR, -0.0, dtype=np.float32)
-        for c in range(nn):
-            if has_w_scale:
-                ws[c] = w_scale[n0 + c]
-            if has_bias:
-                bs[c] = bias[n0 + c]
+        ws, bs = _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn)
         for i0 in range(0, m, 2 * MR):
             i1 = i0 + MR
             two = i1 < m
@@ -478,10 +483,7 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
                 it = i0 + half * MR
                 _microkernel_quads_finish_ir(a8, it * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
                                              fix_v, f0, f1, ya if half == 0 else yb, scales[g], ws, bs, yf, 0, NR)
-                for r in range(min(MR, m - it)):
-                    o = (it + r) * n + n0
-                    for c in range(nn):
-                        out_flat[o + c] = yf[r * NR + c]
+                _store_edge(yf, min(MR, m - it), nn, out_flat, it * n + n0, n)
 
 
 @jit(parallel=True)
@@ -682,8 +684,8 @@ def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_
     split-K path): args = (bounds, per-group widen offsets, activation
     offsets, lda, the core's weight / correction arguments..., scales float64 [G]). Cached on the weight,
     keyed by the arguments' bytes: a PEG layer calls with the same groups, zero points and scales every
-    time, so the checks and the zero-point corrections (about 70 us of Python, 2% of a MiniLM batch-1
-    forward over its six grouped GEMMs) run once. Arguments that have no plain bytes (object arrays,
+    time, so the checks and the zero-point corrections (tens of microseconds of Python per call) run
+    once. Arguments that have no plain bytes (object arrays,
     lists of Python ints beyond int64) are checked on every call instead."""
     gb, zp_in, sc_in = np.asarray(group_bounds), np.asarray(group_zero_points), np.asarray(group_scales)
     key = None
