@@ -37,6 +37,7 @@ from numba import prange
 from npbert._jit import jit, njit_ieee as njit
 from npbert.errors import InputError
 from npbert.kernels import _checks as chk
+from npbert.kernels._lanes import f32_bits, f32_from_bits, sum4_f64, sumsq4_f64
 from npbert.kernels.quantize import _EXP_ALL_ONES, _add_requant_one, _quantize_static_span
 
 __all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm",
@@ -67,38 +68,36 @@ _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
 @njit
-def _exp_inplace(x, ebits):
-    """x[k] = e^x[k] for float32 x [K]; ebits int32 [K] scratch. In place on purpose: with separate
-    in/out arrays LLVM guards the loop with an overlap check, and an in-place call (in == out) then
-    takes the scalar fallback (measured 12x slower). Two vectorisable loops: the polynomial and the
-    exponent bits, then the scale by 2^n through a float32 view of the bits."""
-    c0, c1, c2, c3, c4, c5, c6, c7 = (_INV_FACT[0], _INV_FACT[1], _INV_FACT[2], _INV_FACT[3],
-                                      _INV_FACT[4], _INV_FACT[5], _INV_FACT[6], _INV_FACT[7])
-    zero = np.float32(0.0)
+def _exp1(v):
+    """e^v for one float32; inlined into the loops below, which LLVM then vectorises. 2^n is built
+    from its exponent bits (f32_from_bits); exactly 0 below _EXP_LO (p * 2^-126 would not be)."""
+    under = v < _EXP_LO
+    v = _EXP_LO if under else v
+    v = _EXP_HI if v > _EXP_HI else v
+    n = np.rint(v * _LOG2E)
+    r = (v - n * _LN2_HI) - n * _LN2_LO
+    p = ((((((_INV_FACT[7] * r + _INV_FACT[6]) * r + _INV_FACT[5]) * r + _INV_FACT[4]) * r + _INV_FACT[3]) * r
+          + _INV_FACT[2]) * r + _INV_FACT[1]) * r + _INV_FACT[0]
+    return np.float32(0.0) if under else p * f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@njit
+def _exp_inplace(x):
+    """x[k] = e^x[k] for float32 x [K]. In place on purpose: with separate in/out arrays LLVM guards
+    the loop with an overlap check, and an in-place call (in == out) then takes the scalar fallback
+    (measured 12x slower)."""
     for k in range(x.shape[0]):
-        v = x[k]
-        under = v < _EXP_LO
-        v = _EXP_LO if under else v
-        v = _EXP_HI if v > _EXP_HI else v
-        n = np.rint(v * _LOG2E)
-        r = (v - n * _LN2_HI) - n * _LN2_LO
-        p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
-        x[k] = zero if under else p
-        ebits[k] = (np.int32(n) + np.int32(127)) << np.int32(23)
-    scale = ebits.view(np.float32)
-    for k in range(x.shape[0]):
-        x[k] = x[k] * scale[k]
+        x[k] = _exp1(x[k])
 
 
 @jit(parallel=True, ieee=True)
 def exp(x):
-    """e^x for float32 x [M, K] (row-parallel). For tests; the kernels below call _exp_inplace."""
+    """e^x for float32 x [M, K] (row-parallel). For tests; the kernels below call _exp1."""
     out = x.copy()
     M = x.shape[0]
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        eb = np.empty(x.shape[1], np.int32)
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            _exp_inplace(out[m], eb)
+            _exp_inplace(out[m])
     return out
 
 
@@ -106,34 +105,28 @@ def exp(x):
 
 
 @njit
-def _act_row(y, act, tmp, ebits):
-    """y[k] = act(y[k]) in place; tmp float32 [K], ebits int32 [K] scratch."""
+def _act_row(y, act):
+    """y[k] = act(y[k]) in place, one vectorised loop per activation."""
     K = y.shape[0]
+    one, half = np.float32(1.0), np.float32(0.5)
     if act == ACT_GELU:
         # erf(|z|) = 1 - poly(t) e^{-z^2}, t = 1 / (1 + p|z|), z = y / sqrt 2
         for k in range(K):
-            z = y[k] * _INV_SQRT2
-            tmp[k] = -(z * z)
-        _exp_inplace(tmp, ebits)
-        one, half = np.float32(1.0), np.float32(0.5)
-        for k in range(K):
             x = y[k]
-            az = abs(x * _INV_SQRT2)
+            z = x * _INV_SQRT2
+            az = abs(z)
             t = one / (one + _P * az)
             poly = ((((_A5 * t + _A4) * t + _A3) * t + _A2) * t + _A1) * t
-            e = one - poly * tmp[k]
+            e = one - poly * _exp1(-(z * z))
             e = -e if x < 0 else e
             y[k] = half * x * (one + e)
     elif act == ACT_GELU_TANH:
         # tanh(u) = 1 - 2 / (e^{2u} + 1), stable at both ends with e^{2u} clamped to [0, inf)
         for k in range(K):
             x = y[k]
-            tmp[k] = np.float32(2.0) * (_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x))
-        _exp_inplace(tmp, ebits)
-        one, half = np.float32(1.0), np.float32(0.5)
-        for k in range(K):
-            th = one - np.float32(2.0) / (tmp[k] + one)
-            y[k] = half * y[k] * (one + th)
+            e2u = _exp1(np.float32(2.0) * (_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
+            th = one - np.float32(2.0) / (e2u + one)
+            y[k] = half * x * (one + th)
     elif act == ACT_RELU:
         for k in range(K):
             y[k] = y[k] if y[k] > 0 else np.float32(0.0)
@@ -141,11 +134,9 @@ def _act_row(y, act, tmp, ebits):
 
 @njit
 def _act_span(y, act, m0, m1):
-    """Rows m0:m1 of y [M, K], in place; one scratch allocation per span."""
-    tmp = np.empty(y.shape[1], np.float32)
-    eb = np.empty(y.shape[1], np.int32)
+    """Rows m0:m1 of y [M, K], in place."""
     for m in range(m0, m1):
-        _act_row(y[m], act, tmp, eb)
+        _act_row(y[m], act)
 
 
 @jit(parallel=True, ieee=True)
@@ -174,7 +165,7 @@ def activation(name: str, x: np.ndarray, parallel: bool = True, inplace: bool = 
 
 
 @njit
-def _epilogue_row(a, rs, w_scale, bias, has_bias, act, o, tmp, eb):
+def _epilogue_row(a, rs, w_scale, bias, has_bias, act, o):
     """o[n] = act(float32(float64(a[n]) * rs) * w_scale[n] + bias[n]) for one row."""
     N = a.shape[0]
     for n in range(N):
@@ -183,7 +174,7 @@ def _epilogue_row(a, rs, w_scale, bias, has_bias, act, o, tmp, eb):
         for n in range(N):
             o[n] = o[n] + bias[n]
     if act != ACT_NONE:
-        _act_row(o, act, tmp, eb)
+        _act_row(o, act)
 
 
 @jit(parallel=True, ieee=True)
@@ -192,10 +183,8 @@ def _epilogue_rows(acc, row_scale, w_scale, bias, has_bias, act, out):
     # acc int32/int64 [M, N], row_scale float64 [M], w_scale/bias float32 [N] -> out float32 [M, N]"""
     M, N = acc.shape
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        tmp = np.empty(N, np.float32)
-        eb = np.empty(N, np.int32)
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
-            _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, out[m], tmp, eb)
+            _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, out[m])
 
 
 @njit
@@ -216,15 +205,13 @@ def _quantize_out_rows(acc, x, from_acc, row_scale, w_scale, bias, has_bias, act
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         y = np.empty(N, np.float32)
         yi = y.view(np.int32)
-        tmp = np.empty(N, np.float32)
-        eb = np.empty(N, np.int32)
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
             if from_acc:
-                _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, y, tmp, eb)
+                _epilogue_row(acc[m], row_scale[m], w_scale, bias, has_bias, act, y)
             else:
                 y[:] = x[m]
                 if act != ACT_NONE:
-                    _act_row(y, act, tmp, eb)
+                    _act_row(y, act)
             bad[m] = 1 if _quantize_row(y, yi, o_bounds, o_scale, o_lo, o_hi, o_zpf, out[m]) >= _EXP_ALL_ONES else 0
 
 
@@ -341,53 +328,35 @@ def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray |
 
 @njit
 def _sum64(x):
-    """sum of float32 x [K] in float64, four interleaved partial sums (a fixed order, so
-    deterministic; independent chains so the adds pipeline / pack into SIMD: a single running sum is
-    bound by the add latency without fastmath's reassociation)."""
+    """sum of float32 x [K] (C-contiguous) in float64: four partial sums, lane j over 4i + j, then the
+    tail into lane 0, then (s0 + s1) + (s2 + s3). A fixed order, so deterministic; one <4 x double>
+    accumulator (sum4_f64), since without fastmath LLVM vectorises no float reduction."""
     K = x.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    k4 = K - K % 4
-    for k in range(0, k4, 4):
-        s0 += np.float64(x[k])
-        s1 += np.float64(x[k + 1])
-        s2 += np.float64(x[k + 2])
-        s3 += np.float64(x[k + 3])
-    for k in range(k4, K):
+    n4 = K // 4
+    s0, s1, s2, s3 = sum4_f64(x, n4)
+    for k in range(4 * n4, K):
         s0 += np.float64(x[k])
     return (s0 + s1) + (s2 + s3)
 
 
 @njit
 def _max32(x):
-    """max of float32 x [K] (K >= 1), eight interleaved partial maxima (see _sum64)."""
-    K = x.shape[0]
-    # eight scalars, not an 8-array: an array is a heap allocation per call (per softmax row)
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
-    k8 = K - K % 8
-    for k in range(0, k8, 8):
-        m0 = x[k] if x[k] > m0 else m0
-        m1 = x[k + 1] if x[k + 1] > m1 else m1
-        m2 = x[k + 2] if x[k + 2] > m2 else m2
-        m3 = x[k + 3] if x[k + 3] > m3 else m3
-        m4 = x[k + 4] if x[k + 4] > m4 else m4
-        m5 = x[k + 5] if x[k + 5] > m5 else m5
-        m6 = x[k + 6] if x[k + 6] > m6 else m6
-        m7 = x[k + 7] if x[k + 7] > m7 else m7
-    mx = m0
-    for v in (m1, m2, m3, m4, m5, m6, m7):
-        mx = v if v > mx else mx
-    for k in range(k8, K):
-        mx = x[k] if x[k] > mx else mx
-    return mx
+    """max of float32 x [K] (K >= 1), exact: as integer keys that order like the floats (negative
+    patterns with their magnitude bits flipped), since LLVM vectorises an integer max reduction but
+    no float one without fastmath. A row holding a NaN ends all-NaN in the softmax either way."""
+    m = np.int32(-2147483648)
+    for k in range(x.shape[0]):
+        b = f32_bits(x[k])
+        m = max(m, np.int32(b ^ np.int32((b >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+    return f32_from_bits(m if m >= 0 else m ^ np.int32(0x7FFFFFFF))
 
 
 @njit
-def _softmax_inplace(e, ebits):
-    """e = softmax(e) for float32 e [T], max-subtracted, in place (see _exp_inplace)."""
+def _softmax_inplace(e):
+    """e = softmax(e) for float32 e [T] (C-contiguous), max-subtracted, in place."""
     mx = _max32(e)
     for k in range(e.shape[0]):
-        e[k] = e[k] - mx
-    _exp_inplace(e, ebits)
+        e[k] = _exp1(e[k] - mx)
     tot = np.float32(_sum64(e))  # float64 partial sums: float32 would drift by up to T ulp
     for k in range(e.shape[0]):
         e[k] = e[k] / tot
@@ -395,9 +364,8 @@ def _softmax_inplace(e, ebits):
 
 @njit
 def _softmax_span(out, m0, m1):
-    eb = np.empty(out.shape[1], np.int32)
     for m in range(m0, m1):
-        _softmax_inplace(out[m], eb)
+        _softmax_inplace(out[m])
 
 
 @jit(parallel=True, ieee=True)
@@ -429,7 +397,6 @@ def _softmax_quantize_core(acc, seq_scale, key_bias, rel_bias, has_rel, p_scale,
     rows_per_seq = R // seq_scale.shape[0]
     for c in prange((R + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         s = np.empty(S, np.float32)
-        eb = np.empty(S, np.int32)
         for r in range(c * ROWS_PER_CHUNK, min(R, (c + 1) * ROWS_PER_CHUNK)):
             b = r // rows_per_seq
             a = acc[r]
@@ -437,7 +404,7 @@ def _softmax_quantize_core(acc, seq_scale, key_bias, rel_bias, has_rel, p_scale,
             br = rel_bias[r] if has_rel else key_bias[b]
             for k in range(S):
                 s[k] = np.float32(a[k]) * sc + br[k]
-            _softmax_inplace(s, eb)
+            _softmax_inplace(s)
             o = out[r]
             for k in range(S):
                 q = np.rint(s[k] / p_scale)
@@ -485,15 +452,10 @@ def _layer_norm_row(x, gamma, beta, eps, out, tmp):
     m32 = np.float32(mean)
     for k in range(C):
         tmp[k] = x[k] - m32
-    # variance of the float32-centred values (what ops.layer_norm computes), squares in float64
-    v0 = v1 = v2 = v3 = 0.0
+    # variance of the float32-centred values (what ops.layer_norm computes), squares in float64, in
+    # _sum64's order
     c4 = C - C % 4
-    for k in range(0, c4, 4):
-        d0, d1, d2, d3 = np.float64(tmp[k]), np.float64(tmp[k + 1]), np.float64(tmp[k + 2]), np.float64(tmp[k + 3])
-        v0 += d0 * d0
-        v1 += d1 * d1
-        v2 += d2 * d2
-        v3 += d3 * d3
+    v0, v1, v2, v3 = sumsq4_f64(tmp, c4 // 4)
     for k in range(c4, C):
         d = np.float64(tmp[k])
         v0 += d * d
