@@ -362,6 +362,9 @@ class QuantExecutor(Executor):
     # A linear whose output site is statically quantized writes codes straight from its epilogue
     # (linear_site). Bit-identical; taps turn it off (the float output is never materialised).
     FUSE_LINEAR_QUANT = True
+    # A linear's float output straight from the GEMM's registers on quad panels (kernels.gemm.gemm_dequant)
+    # instead of the int32 result and then fused.epilogue. Bit-identical; a switch for in-process A/B.
+    FUSE_GEMM_DEQUANT = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -447,7 +450,12 @@ class QuantExecutor(Executor):
             return kg.gemm_grouped(codes, qp.group_bounds, qp.zero_point, qp.scale, w.packed, w.scale, w.bias, act, out)
         else:
             # float32(float64(acc) * activation scale) * W's scale + bias: gemm_grouped's rounding, so
-            # PEG with one group is bit-identical to per tensor.
+            # PEG with one group is bit-identical to per tensor. On quad panels the GEMM does this in
+            # its registers (gemm_dequant: the int32 result is never stored); elsewhere two passes.
+            if self.FUSE_GEMM_DEQUANT and w.packed.layout == "quads" and codes.dtype in (np.int8, np.uint8):
+                zp = int(qp.zero_point) if qp is not None and codes.dtype == np.uint8 else 0  # as _accumulate
+                return kg.gemm_dequant(codes, zp, w.packed, row_scale if qp is None else qp.scale, w.scale, w.bias,
+                                       act, out)
             return fused.epilogue(*self._accumulate(codes, qp, row_scale, w), w.scale, w.bias, act, out)
         y = y + w.bias if w.bias is not None else y
         return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS)

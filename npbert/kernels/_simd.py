@@ -441,6 +441,48 @@ def _microkernel_quads_finish_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, c
     return sig, codegen
 
 
+def _store_dequant(context, builder, signature, args, accs, k):
+    """dst[d_off + r*ldd + c] = float32(float64(acc[r, c]) * rs[rs_off + r]) * ws[c] + bs[c]; rs, rs_off,
+    ws, bs, dst, d_off, ldd = args[k : k + 7]. Each operation rounds once, in the order of
+    fused.epilogue (float64 product to float32, then float32 multiply and add, no fma), so the tile
+    equals that pass over the int32 result bit for bit; bs holds -0.0 where there is no bias."""
+    arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
+    f32, f64, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(64)
+    v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
+    rs_base = builder.gep(builder.bitcast(arr(k).data, f64.as_pointer()), [args[k + 1]])
+    ws_base = builder.bitcast(arr(k + 2).data, f32.as_pointer())
+    bs_base = builder.bitcast(arr(k + 3).data, f32.as_pointer())
+    d_base = builder.gep(builder.bitcast(arr(k + 4).data, f32.as_pointer()), [args[k + 5]])
+    vec = lambda base, i, t: builder.bitcast(builder.gep(base, [ir.Constant(i64, i)]), t.as_pointer())  # noqa: E731
+    wsv = [builder.load(vec(ws_base, 8 * h, v8f32), align=4) for h in range(2)]
+    bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
+    rsv = [_splat8(builder, builder.load(builder.gep(rs_base, [ir.Constant(i64, r)]))) for r in range(MR)]
+    for i, acc in enumerate(accs):
+        r, h = divmod(i, 2)
+        v = builder.fmul(builder.sitofp(acc, v8f64), rsv[r])
+        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
+        row = builder.gep(d_base, [builder.mul(args[k + 6], ir.Constant(i64, r))])
+        builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
+
+
+@intrinsic
+def _microkernel_quads_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0,
+                                  f1, rs, rs_off, ws, bs, dst, d_off, ldd):
+    """The quad tile (fixes added, corr subtracted) dequantized in the registers: dst[d_off + r*ldd + c]
+    = float32(float64(tile[r, c]) * rs[rs_off + r]) * ws[c] + bs[c] (rs float64: the rows' activation
+    scales; ws, bs float32 [16] as in _microkernel_finish_ir). The int32 tile never reaches memory."""
+    if not (_quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) and _is_flat(rs, types.float64)
+            and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
+        return None
+    sig = types.void(*_quad_sig(a8, wq, corr, fix_c, fix_k, fix_v), rs, types.intp, ws, bs, dst, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        _store_dequant(context, builder, signature, args, _quad_loop(context, builder, signature, args), 13)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _NO_FIX = np.zeros(0, dtype=np.int64)
 
 

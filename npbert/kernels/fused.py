@@ -262,7 +262,7 @@ def epilogue_quantize(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.
     _check_grid(grid, N, "epilogue_quantize")
     if act not in ACT_CODES:
         raise InputError(f"epilogue_quantize: unknown activation {act!r}")
-    rs = _row_scales(row_scale, M, "epilogue_quantize")
+    rs = row_scales(row_scale, M, "epilogue_quantize")
     ws = chk.f32_vector(w_scale, N, "w_scale")
     b = _NO_BIAS if bias is None else chk.f32_vector(bias, N, "bias")
     return _quantize_out(np.ascontiguousarray(acc), _NO_ROWS, True, rs, ws, b, bias is not None, act, grid)
@@ -294,7 +294,7 @@ _NO_ROWS = np.zeros((1, 1), np.float32)
 _NO_SCALE = np.zeros(1, np.float64)
 
 
-def _row_scales(row_scale, M: int, what: str) -> np.ndarray:
+def row_scales(row_scale, M: int, what: str) -> np.ndarray:
     """A per-row scale [M] or a scalar as float64 [M] (exact from float32), built directly:
     np.broadcast_to costs more than a batch-1 epilogue's arithmetic."""
     rs = np.asarray(row_scale, np.float64)
@@ -314,7 +314,7 @@ def epilogue(acc: np.ndarray, row_scale, w_scale: np.ndarray, bias: np.ndarray |
     out: a float32 [M, N] C-contiguous array to write into (else a new one).
     """
     M, N = acc.shape
-    rs = _row_scales(row_scale, M, "epilogue")
+    rs = row_scales(row_scale, M, "epilogue")
     out = chk.out_array(out, (M, N), np.float32, "epilogue", (acc,))
     if M and N:
         b = _NO_BIAS if bias is None else chk.f32_vector(bias, N, "epilogue: bias")

@@ -47,9 +47,9 @@ from numba import prange
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_finish_ir,
-                                  _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
-from npbert.kernels.fused import ACT_CODES, activation
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_dequant_ir,
+                                  _microkernel_quads_finish_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
+from npbert.kernels.fused import ACT_CODES, activation, epilogue, row_scales
 
 __all__ = [
     "PackedInt8Weight",
@@ -57,6 +57,7 @@ __all__ = [
     "gemm_s8s8",
     "gemm_u8s8",
     "gemm_s16s8",
+    "gemm_dequant",
     "gemm_grouped",
     "bgemm_s8s8",
     "bgemm_u8s8",
@@ -398,8 +399,7 @@ def _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn):
 def _store_edge(yf, mm, nn, out_flat, o, n):
     """The real mm rows x nn columns of a finished [4, 16] edge tile yf into out_flat at o (row stride n)."""
     for r in range(mm):
-        for c in range(nn):
-            out_flat[o + r * n + c] = yf[r * NR + c]
+        out_flat[o + r * n: o + r * n + nn] = yf[r * NR: r * NR + nn]
 
 
 @jit(parallel=True)
@@ -519,6 +519,30 @@ def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v
                     out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
 
 
+@jit(parallel=True)
+def _gemm_quads_dequant_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
+                             out_flat):
+    """out[m, n] = float32(float64(acc[m, n]) * rs[m]) * w_scale[n] + bias[n], acc = _gemm_quads_core's
+    int32 result, dequantized in the micro-kernel's registers: the int32 [M, N] never reaches memory.
+    rs float64 [mpad] (rows past m: 0).   # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
+    NP = (n + NR - 1) // NR
+    for j in prange(NP):
+        yf = np.empty(MR * NR, dtype=np.float32)
+        n0 = j * NR
+        nn = min(NR, n - n0)
+        f0, f1 = fix_start[j], fix_start[j + 1]
+        ws, bs = _panel_scale_bias(w_scale, True, bias, has_bias, n0, nn)
+        for i0 in range(0, m, MR):
+            mm = min(MR, m - i0)
+            if mm == MR and nn == NR:
+                _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
+                                              f0, f1, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
+                continue
+            _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
+                                          f0, f1, rs, i0, ws, bs, yf, 0, NR)
+            _store_edge(yf, mm, nn, out_flat, i0 * n + n0, n)
+
+
 # ---------------------------------------------------------------------------------------- wrappers
 
 
@@ -557,6 +581,19 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
     return out
 
 
+def _quads_operands(a: np.ndarray, zp: int, pw: PackedInt8Weight):
+    """a as the quad kernel's padded uint8 rows (int8 a + 128) and the zero-point correction row:
+    (a8 [mpad * lda], lda, corr int32 [NP * 16])."""
+    shift, zp_u8 = (-128, zp + 128) if a.dtype == np.int8 else (0, zp)  # int8 a -> a + 128 in [0, 255]
+    lda = 4 * pw.kq
+    mpad = -(-a.shape[0] // MR) * MR
+    a8 = _scratch(mpad * lda, np.uint8)
+    _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
+    corr = np.zeros(-(-pw.n // NR) * NR, np.int32)
+    corr[:pw.n] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
+    return a8, lda, corr
+
+
 def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     """int32 [M, N] = sum_k (a - zp) w with quad panels: int8 a is offset to uint8 (a + 128, so the
     zero point becomes zp + 128), then sum_k a_u8 safe + sum a_u8 fix - zp_u8 * row_sums, all in the
@@ -569,14 +606,7 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     if M == 0 or N == 0 or kq == 0:
         out[...] = 0
         return out
-    shift, zp_u8 = (-128, zp + 128) if a.dtype == np.int8 else (0, zp)  # int8 a -> a + 128 in [0, 255]
-    lda = 4 * kq
-    mpad = -(-M // MR) * MR
-    a8 = _scratch(mpad * lda, np.uint8)
-    _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
-    NP = -(-N // NR)
-    corr = np.zeros(NP * NR, np.int32)
-    corr[:N] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
+    a8, lda, corr = _quads_operands(a, zp, pw)
     _gemm_quads_core(a8, lda, M, pw.panels, kq, N, corr, *pw.fixes, out.reshape(-1))
     return out
 
@@ -625,6 +655,45 @@ def gemm_u8s8(a, a_zero_point: int, w, out=None) -> np.ndarray:
     if pw.layout == "quads":
         return _run_quads(a, zp, pw, out, "gemm_u8s8")
     return _run(a, zp, 0, pw.k, pw, np.int32, None, out, "gemm_u8s8")
+
+
+def gemm_dequant(a, a_zero_point: int, w, row_scale, w_scale, bias=None, act=None, out=None) -> np.ndarray:
+    """A quantized linear layer's float output from its integer GEMM, in one pass where it can:
+    float32 [M, N] = act(float32(float64(acc[m, n]) * row_scale[m]) * w_scale[n] + bias[n]),
+    acc = sum_k (a[m, k] - zp) * w[n, k] exact (int8 a with zp 0, as gemm_s8s8; uint8 a, as gemm_u8s8).
+
+    row_scale: float32 [M] (dynamic: each row's activation scale) or a scalar (static per tensor);
+    w_scale float32 [N]; bias float32 [N] or None; act an activation name of fused.ACT_CODES or None;
+    out a writeable C-contiguous float32 [M, N], else a new array. Bit-identical to
+    fused.epilogue(gemm_*(a, ...), row_scale, w_scale, bias, act). On quad panels the micro-kernel
+    dequantizes its tile in the registers (the int32 result is never stored), and the activation runs
+    as its own pass over the float result; other layouts run the two steps.
+    """
+    if act not in ACT_CODES:
+        raise InputError(f"gemm_dequant: unknown activation {act!r}; valid: {sorted(k for k in ACT_CODES if k)} or None")
+    pw = _as_packed(w)
+    a = C.as_c(C.array(a, "a", (np.int8, np.uint8), 2))
+    if a.dtype == np.int8:
+        zp = C.int_arg(a_zero_point, "a_zero_point")
+        if zp != 0:
+            raise QuantError(f"gemm_dequant: int8 a takes a_zero_point 0, got {zp}; pass uint8 codes for an asymmetric grid")
+    else:
+        zp = _u8_zp(a_zero_point)
+    _check_mk(a, pw, "gemm_dequant")
+    _check_k(pw.k, K_MAX_S8S8 if a.dtype == np.int8 else K_MAX_U8S8, "gemm_dequant")
+    M, N = a.shape[0], pw.n
+    if pw.layout != "quads" or M == 0 or N == 0 or pw.kq == 0:
+        acc = gemm_s8s8(a, pw) if a.dtype == np.int8 else gemm_u8s8(a, zp, pw)
+        return epilogue(acc, row_scale, w_scale, bias, act, out)
+    out = C.out_array(out, (M, N), np.float32, "gemm_dequant")
+    rs = np.zeros(-(-M // MR) * MR, np.float64)
+    rs[:M] = row_scales(row_scale, M, "gemm_dequant")
+    ws = C.f32_vector(w_scale, N, "gemm_dequant: w_scale")
+    bs = _NO_VEC if bias is None else C.f32_vector(bias, N, "gemm_dequant: bias")
+    a8, lda, corr = _quads_operands(a, zp, pw)
+    _gemm_quads_dequant_core(a8, lda, M, pw.panels, pw.kq, N, corr, *pw.fixes, rs, ws, bs, bias is not None,
+                             out.reshape(-1))
+    return out if act is None else activation(act, out, inplace=True)
 
 
 def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:

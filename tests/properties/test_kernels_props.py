@@ -219,3 +219,24 @@ def test_requantize_matches_reference(data, M, N):
     mult = data.draw(st.floats(1e-9, 1e-2))
     zp = data.draw(st.integers(-10, 10))
     assert np.array_equal(requantize(acc, mult, zp, -128, 127, np.int8), R.requantize_ref(acc, mult, zp, -128, 127, np.int8))
+
+
+@settings(deadline=None, max_examples=EXAMPLES)
+@given(st.data(), dim, dim, dim, st.sampled_from([np.int8, np.uint8]), st.sampled_from([None, "gelu"]), st.booleans())
+def test_gemm_dequant_equals_epilogue_of_exact_gemm(data, m, n, k, dtype, act, has_bias):
+    """gemm_dequant (the tile dequantized in the micro-kernel's registers on quad panels) equals
+    fused.epilogue applied to the exact integer product, bit for bit, in either layout."""
+    from npbert.kernels.fused import epilogue
+    from npbert.kernels.gemm import gemm_dequant
+
+    w = _fill(data.draw, np.int8, (n, k))
+    pw = pack_int8_weight(w, data.draw(st.sampled_from(("pairs", "quads") if HAVE_U8S7 else ("pairs",))))
+    a = _layout(data.draw, _fill(data.draw, dtype, (m, k)))
+    zp = data.draw(st.integers(0, 255)) if dtype == np.uint8 else 0
+    acc = R.gemm_s8s8_ref(a, w) if dtype == np.int8 else R.gemm_u8s8_ref(a, zp, w)
+    floats = st.floats(2.0**-30, 4.0, width=32)
+    rs = np.array(data.draw(st.lists(floats, min_size=m, max_size=m)), np.float32)
+    ws = np.array(data.draw(st.lists(floats, min_size=n, max_size=n)), np.float32)
+    bias = np.array(data.draw(st.lists(st.floats(-8, 8, width=32), min_size=n, max_size=n)), np.float32) if has_bias else None
+    got = gemm_dequant(a, zp, pw, rs, ws, bias, act)
+    assert np.array_equal(got.view(np.int32), epilogue(acc.astype(np.int32), rs, ws, bias, act).view(np.int32))

@@ -945,3 +945,55 @@ def test_add_requant_grouped_equals_add_requant_per_group(dts):
         np.testing.assert_array_equal(got[..., s], ref)
     with pytest.raises(QuantError, match="out_scales must be finite and > 0"):
         add_requant_grouped(a, sa, za, b, sb, zb, np.zeros(G), zo, bounds, qi.min, qi.max, do)
+
+
+def _dequant_ref(acc, row_scale, ws, bias):
+    """The NumPy expression gemm_dequant / fused.epilogue compute: float32(float64(acc) * rs) * ws + b."""
+    rs = np.broadcast_to(np.asarray(row_scale, np.float64), (acc.shape[0],))
+    y = (acc.astype(np.float64) * rs[:, None]).astype(np.float32) * ws[None, :]
+    return y if bias is None else y + bias
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 17, 33), (4, 16, 64), (5, 31, 130), (9, 48, 12), (129, 33, 7)])
+def test_gemm_dequant_bit_identical(m, n, k, layout):
+    """The GEMM with the dequantization in its registers (quads) or as a second pass (pairs) equals
+    the NumPy expression on the exact integer result bit for bit: per-row and scalar scales, with and
+    without bias, int8 and uint8 codes, and with the activation equal to fused.activation after."""
+    rng = _rng(m * 7 + n * 3 + k)
+    w = _i8(rng, (n, k))
+    pw = pack_int8_weight(w, layout)
+    ws = rng.uniform(1e-4, 1e-1, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    rs = rng.uniform(1e-5, 1e-2, m).astype(np.float32)
+    a8, au = _i8(rng, (m, k)), _u8(rng, (m, k))
+    for a, zp, acc in ((a8, 0, R.gemm_s8s8_ref(a8, w)), (au, 77, R.gemm_u8s8_ref(au, 77, w))):
+        for scale in (rs, np.float32(0.0031)):
+            for bias in (b, None):
+                ref = _dequant_ref(acc, scale, ws, bias)
+                _eq(G.gemm_dequant(a, zp, pw, scale, ws, bias), ref)
+                _eq(G.gemm_dequant(a, zp, pw, scale, ws, bias, "gelu"), activation("gelu", ref))
+    out = np.full((m, n), np.nan, np.float32)
+    assert G.gemm_dequant(a8, 0, pw, rs, ws, b, out=out) is out
+    _eq(out, _dequant_ref(R.gemm_s8s8_ref(a8, w), rs, ws, b))
+
+
+def test_gemm_dequant_bad_arguments():
+    rng = _rng(3)
+    pw = pack_int8_weight(_i8(rng, (5, 8)))
+    a, ws = _i8(rng, (2, 8)), np.ones(5, np.float32)
+    with pytest.raises(QuantError, match="int8 a takes a_zero_point 0"):
+        G.gemm_dequant(a, 3, pw, 1.0, ws)
+    with pytest.raises(QuantError, match=r"\[0, 255\]"):
+        G.gemm_dequant(a.view(np.uint8), 300, pw, 1.0, ws)
+    with pytest.raises(InputError, match="unknown activation"):
+        G.gemm_dequant(a, 0, pw, 1.0, ws, act="swish")
+    with pytest.raises(InputError, match="has K=7"):
+        G.gemm_dequant(a[:, :7], 0, pw, 1.0, ws)
+    with pytest.raises(InputError, match="row_scale"):
+        G.gemm_dequant(a, 0, pw, np.ones(3), ws)
+    with pytest.raises(InputError):
+        G.gemm_dequant(a, 0, pw, 1.0, np.ones(4, np.float32))
+    with pytest.raises(InputError, match="out must be"):
+        G.gemm_dequant(a, 0, pw, 1.0, ws, out=np.empty((2, 5), np.float64))
+    assert G.gemm_dequant(a[:0], 0, pw, np.ones(0), ws).shape == (0, 5)
