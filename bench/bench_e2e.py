@@ -594,7 +594,8 @@ class PhaseTimer:
 _INT8_GEMM, _QUANT, _EPI = "GEMM: linear layers (int8 kernels)", "quantize activations", "dequantize epilogue (int -> float, scales, bias, GELU)"
 _ATT_GLUE, _GLUE = "attention glue (head split/merge copies, score scaling)", "Python / glue"
 PROBES = (
-    *(("npbert.kernels.gemm", f, _INT8_GEMM) for f in ("gemm_s8s8", "gemm_s16s8", "gemm_u8s8", "gemm_grouped")),
+    *(("npbert.kernels.gemm", f, _INT8_GEMM) for f in ("gemm_s8s8", "gemm_s16s8", "gemm_u8s8", "gemm_grouped",
+                                                        "gemm_dequant")),  # (dequant: epilogue in its registers)
     *(("npbert.kernels.gemm", f, "GEMM: attention QK^T / PV (int8 kernels)") for f in ("bgemm_s8s8", "bgemm_u8s8")),
     *(("npbert.kernels.quantize", f, _QUANT) for f in ("quantize_dynamic", "quantize_dynamic_rows", "quantize_static",
                                                          "quantize_static_grouped")),

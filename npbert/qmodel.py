@@ -365,6 +365,9 @@ class QuantExecutor(Executor):
     # A linear's float output straight from the GEMM's registers on quad panels (kernels.gemm.gemm_dequant)
     # instead of the int32 result and then fused.epilogue. Bit-identical; a switch for in-process A/B.
     FUSE_GEMM_DEQUANT = True
+    # A linear's dynamic input codes written as uint8 (codes + 128, zero point DYN_U8_ZP): the quad GEMM's
+    # own operand, read without the converting copy int8 codes need. Bit-identical; a switch for A/B.
+    DYN_UNSIGNED_CODES = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -412,9 +415,12 @@ class QuantExecutor(Executor):
             return x
         return self._quantize_static(np.asarray(self.f(x), np.float32), qp)
 
-    def _dynamic(self, name: str, x: np.ndarray, spec: SiteSpec):
-        """float [.., K] -> (codes [M, K], per-row scale [M]) with one scale per sequence, cached per site."""
-        key = f"{name}@{id(x)}"
+    def _dynamic(self, name: str, x: np.ndarray, spec: SiteSpec, unsigned: bool = False):
+        """float [.., K] -> (codes [M, K], per-row scale [M]) with one scale per sequence, cached per site.
+        unsigned (a linear's input, 8 bits or fewer, integer kernels): the codes + 128 as uint8, zero point
+        DYN_U8_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True))."""
+        unsigned = unsigned and spec.bits <= 8 and not self.sim
+        key = f"{name}@{id(x)}@{unsigned}"
         if key not in self._dyn_cache:
             x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
             rows_per_seq = x.shape[1] if x.ndim == 3 else 1
@@ -423,9 +429,10 @@ class QuantExecutor(Executor):
                 q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
                 row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
             else:
-                codes_dtype = np.int8 if spec.bits <= 8 else np.int16
+                codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
                 q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr,
-                                                                self.buffer("codes:" + name, x2.shape, codes_dtype))
+                                                                self.buffer("codes:" + name, x2.shape, codes_dtype),
+                                                                unsigned=unsigned)
             self._dyn_cache[key] = (q, row_scale, x)  # keep x alive: id()
         q, row_scale, _ = self._dyn_cache[key]
         return q, row_scale
@@ -453,8 +460,7 @@ class QuantExecutor(Executor):
             # PEG with one group is bit-identical to per tensor. On quad panels the GEMM does this in
             # its registers (gemm_dequant: the int32 result is never stored); elsewhere two passes.
             if self.FUSE_GEMM_DEQUANT and w.packed.layout == "quads" and codes.dtype in (np.int8, np.uint8):
-                zp = int(qp.zero_point) if qp is not None and codes.dtype == np.uint8 else 0  # as _accumulate
-                return kg.gemm_dequant(codes, zp, w.packed, row_scale if qp is None else qp.scale, w.scale, w.bias,
+                return kg.gemm_dequant(codes, _codes_zp(codes, qp), w.packed, row_scale if qp is None else qp.scale, w.scale, w.bias,
                                        act, out)
             return fused.epilogue(*self._accumulate(codes, qp, row_scale, w), w.scale, w.bias, act, out)
         y = y + w.bias if w.bias is not None else y
@@ -463,7 +469,7 @@ class QuantExecutor(Executor):
     def _accumulate(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight):
         """The exact integer GEMM of codes [M, K] (dynamic: qp None; static per tensor: qp) with W ->
         (acc int32/int64 [M, N], the activation scale per row [M] or scalar)."""
-        zp = 0 if qp is None else int(qp.zero_point)
+        zp = _codes_zp(codes, qp)
         acc_buf = self.qm.scratch("acc", (codes.shape[0], w.packed.n), np.int32)
         if codes.dtype == np.int8:
             acc = kg.gemm_s8s8(codes, w.packed, out=acc_buf)
@@ -503,7 +509,7 @@ class QuantExecutor(Executor):
         spec = self.qm.specs[in_site]
         if spec.mode != "dynamic":
             return None
-        codes, row_scale = self._dynamic(in_site, x, spec)
+        codes, row_scale = self._dynamic(in_site, x, spec, unsigned=self.DYN_UNSIGNED_CODES)
         return np.shape(x)[:-1], codes, None, row_scale
 
     def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
@@ -626,6 +632,17 @@ class QuantExecutor(Executor):
     def _emit(self, name: str, value):
         """A site value produced without passing site() (integer adds, probs): a hook for taps."""
         return value
+
+
+DYN_U8_ZP = 128  # the zero point of unsigned dynamic codes (symmetric codes + 128)
+
+
+def _codes_zp(codes: np.ndarray, qp: QParams | None) -> int:
+    """The zero point of a linear's input codes: the static grid's; for dynamic codes (qp None) 0, or
+    DYN_U8_ZP for the unsigned form (int8 codes never carry one: gemm_s8s8 takes none)."""
+    if qp is None:
+        return DYN_U8_ZP if codes.dtype == np.uint8 else 0
+    return int(qp.zero_point) if codes.dtype != np.int8 else 0
 
 
 def _group_view(t: QTensor, bounds: np.ndarray):

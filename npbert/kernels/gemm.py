@@ -583,14 +583,22 @@ def _run(a: np.ndarray, zp: int, c0: int, c1: int, pw: PackedInt8Weight, out_dty
 
 def _quads_operands(a: np.ndarray, zp: int, pw: PackedInt8Weight):
     """a as the quad kernel's padded uint8 rows (int8 a + 128) and the zero-point correction row:
-    (a8 [mpad * lda], lda, corr int32 [NP * 16])."""
+    (a8 [mpad * lda], lda, corr int32 [NP * 16]). A C-contiguous uint8 a whose rows need no padding
+    (M a multiple of 4, K of 4) is that layout already and is passed as it is, without a copy."""
     shift, zp_u8 = (-128, zp + 128) if a.dtype == np.int8 else (0, zp)  # int8 a -> a + 128 in [0, 255]
     lda = 4 * pw.kq
-    mpad = -(-a.shape[0] // MR) * MR
-    a8 = _scratch(mpad * lda, np.uint8)
-    _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
-    corr = np.zeros(-(-pw.n // NR) * NR, np.int32)
-    corr[:pw.n] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
+    M = a.shape[0]
+    if a.dtype == np.uint8 and M % MR == 0 and a.shape[1] == lda and a.flags.c_contiguous:
+        a8 = a.reshape(-1)
+    else:
+        mpad = -(-M // MR) * MR
+        a8 = _scratch(mpad * lda, np.uint8)
+        _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
+    corr = pw._groups.get(("corr", zp_u8))  # (the same few zero points call after call: cached)
+    if corr is None:
+        corr = np.zeros(-(-pw.n // NR) * NR, np.int32)
+        corr[:pw.n] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
+        pw._groups[("corr", zp_u8)] = corr
     return a8, lda, corr
 
 

@@ -82,9 +82,9 @@ def _segment_stats(row_abs, row_bits, seg, valid, tmiqr, qmax, scales, threshold
 
 
 @njit
-def _quantize_row(xr, sc, t, fq, qr):
-    """qr[k] = clamp(rint(clip(xr[k], -t, t) / sc), -fq, fq); NaN -> 0. Written as selects on float32
-    so LLVM vectorises it (vdivps, vroundps, vcvttps2dq)."""
+def _quantize_row(xr, sc, t, fq, off, qr):
+    """qr[k] = clamp(rint(clip(xr[k], -t, t) / sc), -fq, fq) + off; NaN -> 0 (+ off). Written as selects
+    on float32 so LLVM vectorises it (vdivps, vroundps, vcvttps2dq)."""
     nt = -t
     zero = np.float32(0.0)
     for k in range(xr.shape[0]):
@@ -95,11 +95,11 @@ def _quantize_row(xr, sc, t, fq, qr):
         r = fq if r > fq else r
         r = -fq if r < -fq else r
         r = r if r == r else zero
-        qr[k] = np.int32(r)
+        qr[k] = np.int32(r) + off
 
 
 @jit(parallel=True)
-def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, q, scales, thresholds, row_scale):
+def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, thresholds, row_scale):
     """The whole of quantize_dynamic in one call (one dispatch from Python: at batch 1 the wrapper
     overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K],
     scales / thresholds float32 [S], row_scale float32 [M] (each row's segment scale).
@@ -120,7 +120,7 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, q, scales, thresholds, ro
     fq = np.float32(qmax)
     for m in prange(M):
         s = row_seg[m]
-        _quantize_row(x[m], scales[s], thresholds[s], fq, q[m])
+        _quantize_row(x[m], scales[s], thresholds[s], fq, off, q[m])
     return -1
 
 
@@ -144,13 +144,18 @@ def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool =
     return q, scales, thresholds
 
 
-def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None):
+def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None,
+                          unsigned: bool = False):
     """quantize_dynamic, also returning each row's scale: (q [M, K], row_scale float32 [M] =
     scales[segment of the row], scales [S], thresholds [S]). What a GEMM epilogue consumes.
-    out: an int8 (bits <= 8) / int16 [M, K] array to write the codes into, else a new one."""
+    unsigned=True (bits <= 8): the codes + 128 as uint8, i.e. the same grid with zero point 128, which
+    is the quad GEMM kernel's own operand (uint8 x int8): it then reads them without a converting copy.
+    out: an int8 (bits <= 8; uint8 if unsigned) / int16 [M, K] array to write the codes into, else a new one."""
     bits = C.int_arg(bits, "bits")
     if not 2 <= bits <= 16:
         raise QuantError(f"bits={bits}: dynamic quantization supports 2..16 bits")
+    if unsigned and bits > 8:
+        raise QuantError(f"bits={bits}: unsigned (uint8) dynamic codes need bits <= 8")
     x = C.as_c(C.array(x, "x", (np.float32,), 2))
     M, K = x.shape
     seg = np.asarray(seg_starts)
@@ -164,11 +169,13 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
         if valid.shape != (M,):
             raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
     S = seg.size - 1
-    q = C.out_array(out, (M, K), np.dtype(np.int8 if bits <= 8 else np.int16), "quantize_dynamic_rows", (x,))
+    q = C.out_array(out, (M, K), np.dtype(np.uint8 if unsigned else np.int8 if bits <= 8 else np.int16),
+                    "quantize_dynamic_rows", (x,))
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, q, scales, thresholds, row_scale)
+    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 128 if unsigned else 0, q, scales,
+                                 thresholds, row_scale)
     if bad == -2:
         raise InputError(f"seg_starts must start at 0, end at M={M} and not decrease; got {seg.tolist()[:8]}...")
     if bad >= 0:

@@ -699,6 +699,15 @@ def test_quantize_dynamic_equals_reference(bits, tmiqr):
             buf = np.full(x.shape, 99, q.dtype)
             assert quantize_dynamic_rows(x, seg, rv, bits=bits, tmiqr=tmiqr, out=buf)[0] is buf
             _eq(buf, qr)
+            if bits <= 8:  # unsigned: the same grid shifted by 128 into uint8 (zero point 128)
+                qu, rsu, su, tu = quantize_dynamic_rows(x, seg, rv, bits=bits, tmiqr=tmiqr, unsigned=True)
+                _eq(qu, (qr.astype(np.int16) + 128).astype(np.uint8))
+                _eq(rsu, row_scale)
+                _eq(su, sr)
+                _eq(tu, tr)
+            else:
+                with pytest.raises(QuantError, match="unsigned"):
+                    quantize_dynamic_rows(x, seg, rv, bits=bits, unsigned=True)
     with pytest.raises(InputError, match="overlap"):
         quantize_dynamic_rows(x, np.array([0, M]), None, bits=16, out=x.view(np.int16).reshape(-1)[: M * K].reshape(M, K))
 

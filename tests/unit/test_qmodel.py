@@ -428,3 +428,25 @@ def test_prepared_kernel_arguments_are_keyed_by_identity():
     assert _prepared(cache, ("grid", a, int("384")), build) == 1  # an equal int, another object
     assert _prepared(cache, ("grid", b, 384), build) == 2  # an equal array, another object
     assert _prepared(cache, ("grid", a, 385), build) == 3
+
+
+@pytest.mark.parametrize("recipe", ["dynamic", "tm-iqr", "dynamic:weights=channel", "dynamic:wbits=7", "w8a8-mp"])
+def test_gemm_dequant_and_unsigned_codes_are_bit_identical(tiny, recipe, monkeypatch):
+    """The linears' float outputs from the GEMM's registers (gemm_dequant, on quad panels) and the
+    dynamic input codes in their unsigned form change no bit against the int8 codes, the int32 result
+    and the separate epilogue; gemm_dequant runs for every quad-panel linear that outputs floats."""
+    from npbert.kernels import gemm as kg
+    from npbert.qmodel import QuantExecutor
+
+    qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
+    b = tiny.tokenizer.encode(TINY_TEXTS)
+    calls = []
+    kernel = kg.gemm_dequant
+    monkeypatch.setattr(kg, "gemm_dequant", lambda *a: calls.append(1) or kernel(*a))
+    out = qm.forward(b).last_hidden_state.copy()
+    quads = sum(w.packed.layout == "quads" for w in qm.qweights.values())
+    if recipe != "w8a8-mp":  # (w8a8-mp's linears write codes, not floats: linear_site)
+        assert len(calls) == quads
+    for switch in ("DYN_UNSIGNED_CODES", "FUSE_GEMM_DEQUANT"):
+        monkeypatch.setattr(QuantExecutor, switch, False)
+        np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
