@@ -376,11 +376,13 @@ class QuantExecutor(Executor):
         # parallel float kernels: the integer forward runs no BLAS; the simulation's GEMMs are BLAS
         self.PARALLEL_FLOAT_KERNELS = not simulate
         self._dyn_cache: dict[str, tuple] = {}
+        self._seg_cache: dict[tuple, tuple] = {}
         self._last_layer = layer_prefix(qm.config.num_hidden_layers - 1) + "."
 
     def begin(self, attention_mask):
         super().begin(attention_mask)
         self._dyn_cache = {}
+        self._seg_cache = {}
 
     def word_rows(self, ids):
         emb = self.qm.word_emb
@@ -424,7 +426,11 @@ class QuantExecutor(Executor):
         if key not in self._dyn_cache:
             x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
             rows_per_seq = x.shape[1] if x.ndim == 3 else 1
-            seg, valid = _segments(self._mask_for(x), rows_per_seq, x2.shape[0])
+            seg_key = (x.ndim, rows_per_seq, x2.shape[0])  # (the mask is the forward's: one per shape)
+            segs = self._seg_cache.get(seg_key)
+            if segs is None:
+                segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, x2.shape[0])
+            seg, valid = segs
             if self.sim:
                 q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
                 row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
@@ -520,14 +526,17 @@ class QuantExecutor(Executor):
         output, which escapes the forward."""
         if not self.REUSE_OUTPUTS or self.sim:
             return None
-        tag, _, site = name.rpartition(":")
-        if site.startswith("encoder.layer."):
-            if site.startswith(self._last_layer) and site.endswith(".output.LayerNorm.out"):
-                return None
-            site = site.split(".", 3)[-1]
-        elif not site.startswith("embeddings."):
-            return None
-        return self.qm.scratch(f"{tag}:{site}", shape, dtype)
+        roles = self.qm.roles
+        role = roles.get(name, False)
+        if role is False:  # worked out once per name and model: a forward asks ~20 times a layer
+            tag, _, site = name.rpartition(":")
+            if site.startswith("encoder.layer."):
+                last = site.startswith(self._last_layer) and site.endswith(".output.LayerNorm.out")
+                role = None if last else f"{tag}:{site.split('.', 3)[-1]}"
+            else:
+                role = f"{tag}:{site}" if site.startswith("embeddings.") else None
+            roles[name] = role
+        return None if role is None else self.qm.scratch(role, shape, dtype)
 
     def linear(self, name, x, in_site, act=None):
         w = self.qm.qweights.get(name)
@@ -804,6 +813,7 @@ class QuantizedModel(Model):
         self.float_weights_released = False
         self._scratch_local = threading.local()
         self.prepared: dict = {}  # kernel arguments derived from fixed grids (_prepared), per model
+        self.roles: dict = {}  # QuantExecutor.buffer's value name -> scratch role (or None), per model
         for s, sp in self.specs.items():
             if sp.mode == "static" and sp.fixed_range is not None:
                 self.site_qparams[s] = qparams_from_range(*sp.fixed_range, sp.bits, sp.symmetric)

@@ -28,7 +28,7 @@ def array(x, name: str, dtypes: tuple, ndim: int | None = None) -> np.ndarray:
     """x as an ndarray of one of dtypes (exactly; no silent casts) and rank ndim."""
     if not isinstance(x, np.ndarray):
         raise InputError(f"{name}: expected a numpy array, got {type(x).__name__}")
-    if x.dtype not in [np.dtype(d) for d in dtypes]:
+    if x.dtype not in dtypes:  # (a dtype equals its scalar type: no np.dtype() per call)
         want = " or ".join(np.dtype(d).name for d in dtypes)
         raise QuantError(f"{name}: dtype {x.dtype} is not accepted; pass {want} (quantize / cast first)")
     if ndim is not None and x.ndim != ndim:

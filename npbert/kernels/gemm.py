@@ -694,8 +694,9 @@ def gemm_dequant(a, a_zero_point: int, w, row_scale, w_scale, bias=None, act=Non
         acc = gemm_s8s8(a, pw) if a.dtype == np.int8 else gemm_u8s8(a, zp, pw)
         return epilogue(acc, row_scale, w_scale, bias, act, out)
     out = C.out_array(out, (M, N), np.float32, "gemm_dequant")
-    rs = np.zeros(-(-M // MR) * MR, np.float64)
-    rs[:M] = row_scales(row_scale, M, "gemm_dequant")
+    rs = row_scales(row_scale, M, "gemm_dequant")  # float64 [M], then padded to whole tiles (rows past M: 0)
+    if M % MR:
+        rs = np.concatenate([rs, np.zeros(MR - M % MR)])
     ws = C.f32_vector(w_scale, N, "gemm_dequant: w_scale")
     bs = _NO_VEC if bias is None else C.f32_vector(bias, N, "gemm_dequant: bias")
     a8, lda, corr = _quads_operands(a, zp, pw)

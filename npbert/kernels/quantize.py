@@ -159,13 +159,16 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
     x = C.as_c(C.array(x, "x", (np.float32,), 2))
     M, K = x.shape
     seg = np.asarray(seg_starts)
-    if seg.ndim != 1 or seg.size < 1 or not np.issubdtype(seg.dtype, np.integer):
+    if seg.ndim != 1 or seg.size < 1 or seg.dtype.kind not in "iu":
         raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
-    seg = np.ascontiguousarray(seg, dtype=np.int64)  # (the order is checked in the compiled core)
+    if seg.dtype != np.int64 or not seg.flags.c_contiguous:
+        seg = np.ascontiguousarray(seg, dtype=np.int64)  # (the order is checked in the compiled core)
     if row_valid is None:
         valid = np.ones(M, dtype=np.bool_)
     else:
-        valid = np.ascontiguousarray(row_valid, dtype=np.bool_)
+        valid = row_valid
+        if not (isinstance(valid, np.ndarray) and valid.dtype == np.bool_ and valid.flags.c_contiguous):
+            valid = np.ascontiguousarray(row_valid, dtype=np.bool_)
         if valid.shape != (M,):
             raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
     S = seg.size - 1
