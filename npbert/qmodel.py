@@ -417,12 +417,15 @@ class QuantExecutor(Executor):
             return x
         return self._quantize_static(np.asarray(self.f(x), np.float32), qp)
 
-    def _dynamic(self, name: str, x: np.ndarray, spec: SiteSpec, unsigned: bool = False):
+    def _dynamic(self, name: str, x: np.ndarray, spec: SiteSpec, unsigned: bool = False, heads: int = 0):
         """float [.., K] -> (codes [M, K], per-row scale [M]) with one scale per sequence, cached per site.
         unsigned (a linear's input, 8 bits or fewer, integer kernels): the codes + 128 as uint8, zero point
-        DYN_U8_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True))."""
+        DYN_U8_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True)).
+        heads (an attention operand x [B, T, C], 8 bits or fewer, integer kernels): the codes head-major,
+        int8 [B, heads, T, C/heads] (quantize_dynamic_heads)."""
         unsigned = unsigned and spec.bits <= 8 and not self.sim
-        key = f"{name}@{id(x)}@{unsigned}"
+        heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
+        key = f"{name}@{id(x)}@{unsigned}@{heads}"
         if key not in self._dyn_cache:
             x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
             rows_per_seq = x.shape[1] if x.ndim == 3 else 1
@@ -434,6 +437,11 @@ class QuantExecutor(Executor):
             if self.sim:
                 q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
                 row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
+            elif heads:
+                B, T, C = x.shape
+                q, row_scale, _s, _t = kq.quantize_dynamic_heads(
+                    x2.reshape(B, T, C), heads, seg, valid, spec.bits, spec.tmiqr,
+                    self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8))
             else:
                 codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
                 q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr,
@@ -553,7 +561,8 @@ class QuantExecutor(Executor):
 
     # ---- attention
     def _heads_codes(self, name: str, x):
-        """A q/k/v value -> (codes [B, h, T, d], per-sequence scale [B]) or None if kept in float."""
+        """A q/k/v value -> (codes int8 [B, h, T, d] C-contiguous, per-sequence scale [B]) or None if kept
+        in float. Dynamic codes are written head-major by their quantizer; static ones are transposed."""
         B, T, C = (x.q.shape if isinstance(x, QTensor) else x.shape)
         h = self.cfg.num_attention_heads
         if isinstance(x, QTensor):
@@ -564,9 +573,11 @@ class QuantExecutor(Executor):
             spec = self.qm.specs[name]
             if spec.mode != "dynamic" or spec.bits > 8:
                 return None
-            codes2, row_scale = self._dynamic(name, x, spec)
-            codes, scale = codes2.reshape(B, T, C), row_scale.reshape(B, T)[:, 0]
-        return codes.reshape(B, T, h, C // h).transpose(0, 2, 1, 3), scale
+            codes, row_scale = self._dynamic(name, x, spec, heads=h)
+            scale = row_scale.reshape(B, T)[:, 0]
+            if codes.ndim == 4:  # already [B, h, T, d]
+                return codes, scale
+        return np.ascontiguousarray(codes.reshape(B, T, h, C // h).transpose(0, 2, 1, 3)), scale
 
     def attention(self, prefix, q, k, v, bias):
         qc, kc, vc = (self._heads_codes(f"{prefix}.{n}.out", t) for n, t in (("query", q), ("key", k), ("value", v)))
@@ -579,7 +590,7 @@ class QuantExecutor(Executor):
         if self.sim:
             acc = np.matmul(q8.astype(np.float64), k8.astype(np.float64).transpose(0, 1, 3, 2))
         else:
-            acc = kg.bgemm_s8s8(np.ascontiguousarray(q8).reshape(B * h, T, d), np.ascontiguousarray(k8).reshape(B * h, T, d),
+            acc = kg.bgemm_s8s8(q8.reshape(B * h, T, d), k8.reshape(B * h, T, d),
                                 out=self.qm.scratch("scores", (B * h, T, T), np.int32))
             acc = acc.reshape(B, h, T, T)
         seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
@@ -599,13 +610,13 @@ class QuantExecutor(Executor):
             ctx = np.matmul(dequantize(p.q, probs_qp).astype(np.float64), v8.astype(np.float64))
             ctx = ctx.astype(np.float32) * sv[:, None, None, None]
         else:
-            vt = np.ascontiguousarray(v8.transpose(0, 1, 3, 2)).reshape(B * h, d, T)
+            v3 = v8.reshape(B * h, T, d)  # V as stored: [T, d] per head, packed transposed (b_kn)
             pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
             out = self.qm.scratch("context", (B * h, T, d), np.int32)
             if p.q.dtype == np.uint8:
-                acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), vt, out=out)
+                acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), v3, out=out, b_kn=True)
             else:
-                acc = kg.bgemm_s8s8(pc, vt, out=out)
+                acc = kg.bgemm_s8s8(pc, v3, out=out, b_kn=True)
             return fused.merge_heads_scaled(acc, np.float32(probs_qp.scale) * sv, h,  # [B, T, C]
                                             self.buffer("ctx:" + prefix, (B, T, h * d), np.float32))
         return ops.merge_heads(ctx)

@@ -304,6 +304,21 @@ def _pack_panels(b, kp, out):
 
 
 @njit
+def _pack_panels_kn(bt, kp, out):
+    """_pack_panels of b = bt.T without forming it: bt [K, N] int8 (P V's V as stored, [T, d])."""
+    K, N = bt.shape
+    NP = (N + NR - 1) // NR
+    for j in range(NP):
+        for p in range(kp):
+            o = (j * kp + p) * 2 * NR
+            for c in range(NR):
+                n = j * NR + c
+                for t in range(2):
+                    k = 2 * p + t
+                    out[o + 2 * c + t] = bt[k, n] if (n < N and k < K) else 0
+
+
+@njit
 def _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, out_flat, tile):
     """All row tiles of column panel j: out[:, 16j:16j+16], k in blocks of kblock pairs.
 
@@ -342,10 +357,11 @@ def _gemm_core(a16, lda, m, wp, kp, n, kblock, out, out_flat):
 
 
 @jit(parallel=True)
-def _bgemm_core(a, zp, b, out):
-    """out[i] = (a[i] - zp) @ b[i].T for each batch i   # a [B, M, K], b [B, N, K] -> out [B, M, N] int32"""
+def _bgemm_core(a, zp, b, b_kn, out):
+    """out[i] = (a[i] - zp) @ b[i].T for each batch i   # a [B, M, K], b [B, N, K] -> out [B, M, N] int32
+    (b_kn: b given as [B, K, N], read transposed while packing)"""
     B, M, K = a.shape
-    N = b.shape[1]
+    N = b.shape[2] if b_kn else b.shape[1]
     kp = (K + 1) // 2
     lda = 2 * kp
     mpad = (M + MR - 1) // MR * MR
@@ -358,7 +374,10 @@ def _bgemm_core(a, zp, b, out):
         _widen_rows(ai, 0, M, 0, K, zp, a16, 0, lda)
         for k in range(M * lda, mpad * lda):
             a16[k] = 0
-        _pack_panels(b[i], kp, wp)
+        if b_kn:
+            _pack_panels_kn(b[i], kp, wp)
+        else:
+            _pack_panels(b[i], kp, wp)
         oi = out[i]
         oi_flat = oi.reshape(M * N)
         for j in range(NP):
@@ -854,36 +873,42 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
     return res if act is None else activation(act, res, inplace=True)
 
 
-def _check_batched(a, b, name):
-    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
-        raise InputError(f"{name}: a [B, M, K] = {a.shape} and b [B, N, K] = {b.shape} must agree in B and K")
+def _check_batched(a, b, b_kn, name):
+    k_b, n_b = (b.shape[1], b.shape[2]) if b_kn else (b.shape[2], b.shape[1])
+    if a.shape[0] != b.shape[0] or a.shape[2] != k_b:
+        want = "b [B, K, N]" if b_kn else "b [B, N, K]"
+        raise InputError(f"{name}: a [B, M, K] = {a.shape} and {want} = {b.shape} must agree in B and K")
+    return n_b
 
 
-def bgemm_s8s8(a, b, out=None) -> np.ndarray:
+def bgemm_s8s8(a, b, out=None, b_kn: bool = False) -> np.ndarray:
     """Batched exact int8 GEMM: a int8 [B, M, K], b int8 [B, N, K] -> int32 [B, M, N] = a @ b^T per batch.
-    For attention: Q K^T (K = head dim) and P V (b = V^T, K = T). prange over B."""
+    For attention: Q K^T (K = head dim) and P V (b = V^T, K = T). prange over B.
+    b_kn=True: b is given as [B, K, N] (P V with V as stored, [T, d]): read transposed while it is
+    packed, so no transposed copy is made."""
     a = C.as_c(C.array(a, "a", (np.int8,), 3))
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
-    _check_batched(a, b, "bgemm_s8s8")
+    n = _check_batched(a, b, b_kn, "bgemm_s8s8")
     _check_k(a.shape[2], K_MAX_S8S8, "bgemm_s8s8")
-    out = C.out_array(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_s8s8")
+    out = C.out_array(out, (a.shape[0], a.shape[1], n), np.int32, "bgemm_s8s8")
     if out.size and a.shape[2]:
-        _bgemm_core(a, 0, b, out)  # writes every element
+        _bgemm_core(a, 0, b, bool(b_kn), out)  # writes every element
     else:
         out[...] = 0
     return out
 
 
-def bgemm_u8s8(a, a_zero_point: int, b, out=None) -> np.ndarray:
-    """Batched uint8 x int8 GEMM: int32 [B, M, N] = sum_k (a[i, m, k] - zp) * b[i, n, k]; zp in [0, 255]."""
+def bgemm_u8s8(a, a_zero_point: int, b, out=None, b_kn: bool = False) -> np.ndarray:
+    """Batched uint8 x int8 GEMM: int32 [B, M, N] = sum_k (a[i, m, k] - zp) * b[i, n, k]; zp in [0, 255].
+    b_kn=True: b is given as [B, K, N] (as bgemm_s8s8)."""
     zp = _u8_zp(a_zero_point)
     a = C.as_c(C.array(a, "a", (np.uint8,), 3))
     b = C.as_c(C.array(b, "b", (np.int8,), 3))
-    _check_batched(a, b, "bgemm_u8s8")
+    n = _check_batched(a, b, b_kn, "bgemm_u8s8")
     _check_k(a.shape[2], K_MAX_U8S8, "bgemm_u8s8")
-    out = C.out_array(out, (a.shape[0], a.shape[1], b.shape[1]), np.int32, "bgemm_u8s8")
+    out = C.out_array(out, (a.shape[0], a.shape[1], n), np.int32, "bgemm_u8s8")
     if out.size and a.shape[2]:
-        _bgemm_core(a, zp, b, out)
+        _bgemm_core(a, zp, b, bool(b_kn), out)
     else:
         out[...] = 0
     return out

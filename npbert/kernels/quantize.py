@@ -21,7 +21,7 @@ from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
 from npbert.kernels.selection import _tmiqr_inplace
 
-__all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
+__all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_dynamic_heads", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
 
 _ABS_MASK = 0x7FFFFFFF
 _EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
@@ -99,10 +99,12 @@ def _quantize_row(xr, sc, t, fq, off, qr):
 
 
 @jit(parallel=True)
-def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, thresholds, row_scale):
+def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, heads, T, q, scales, thresholds, row_scale):
     """The whole of quantize_dynamic in one call (one dispatch from Python: at batch 1 the wrapper
     overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K],
     scales / thresholds float32 [S], row_scale float32 [M] (each row's segment scale).
+    heads > 0: x's rows are sequences of T tokens and q is [B*heads*T, K/heads], the codes head-major
+    ([B, heads, T, d]: row m = b*T + t, columns of head hh -> q row (b*heads + hh)*T + t).
     Returns -1, or _segment_stats' error code (-2 bad segments, or a row holding NaN/Inf)."""
     M = x.shape[0]
     xi = x.view(np.int32)  # [M, K] the float32 bits
@@ -118,9 +120,18 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, threshold
             row_seg[m] = s
             row_scale[m] = scales[s]
     fq = np.float32(qmax)
+    if heads == 0:
+        for m in prange(M):
+            s = row_seg[m]
+            _quantize_row(x[m], scales[s], thresholds[s], fq, off, q[m])
+        return -1
+    d = x.shape[1] // heads
     for m in prange(M):
         s = row_seg[m]
-        _quantize_row(x[m], scales[s], thresholds[s], fq, off, q[m])
+        b, t = m // T, m % T
+        xm = x[m]
+        for hh in range(heads):
+            _quantize_row(xm[hh * d:(hh + 1) * d], scales[s], thresholds[s], fq, off, q[(b * heads + hh) * T + t])
     return -1
 
 
@@ -144,6 +155,32 @@ def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool =
     return q, scales, thresholds
 
 
+def _dynamic_args(x, seg_starts, row_valid):
+    """Checked (seg int64 [S+1], valid bool [M]) for the rows of x [M, K] (copies only when needed)."""
+    M = x.shape[0]
+    seg = np.asarray(seg_starts)
+    if seg.ndim != 1 or seg.size < 1 or seg.dtype.kind not in "iu":
+        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
+    if seg.dtype != np.int64 or not seg.flags.c_contiguous:
+        seg = np.ascontiguousarray(seg, dtype=np.int64)  # (the order is checked in the compiled core)
+    if row_valid is None:
+        return seg, np.ones(M, dtype=np.bool_)
+    valid = row_valid
+    if not (isinstance(valid, np.ndarray) and valid.dtype == np.bool_ and valid.flags.c_contiguous):
+        valid = np.ascontiguousarray(row_valid, dtype=np.bool_)
+    if valid.shape != (M,):
+        raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
+    return seg, valid
+
+
+def _raise_bad(bad: int, x, seg):
+    """The dynamic core's error code -> its exception (-1: none)."""
+    if bad == -2:
+        raise InputError(f"seg_starts must start at 0, end at M={x.shape[0]} and not decrease; got {seg.tolist()[:8]}...")
+    if bad >= 0:
+        _raise_nonfinite(x, int(bad), "quantize_dynamic")
+
+
 def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None,
                           unsigned: bool = False):
     """quantize_dynamic, also returning each row's scale: (q [M, K], row_scale float32 [M] =
@@ -158,32 +195,46 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
         raise QuantError(f"bits={bits}: unsigned (uint8) dynamic codes need bits <= 8")
     x = C.as_c(C.array(x, "x", (np.float32,), 2))
     M, K = x.shape
-    seg = np.asarray(seg_starts)
-    if seg.ndim != 1 or seg.size < 1 or seg.dtype.kind not in "iu":
-        raise InputError(f"seg_starts: pass an int64 array [S+1] of row offsets, got shape {seg.shape} dtype {seg.dtype}")
-    if seg.dtype != np.int64 or not seg.flags.c_contiguous:
-        seg = np.ascontiguousarray(seg, dtype=np.int64)  # (the order is checked in the compiled core)
-    if row_valid is None:
-        valid = np.ones(M, dtype=np.bool_)
-    else:
-        valid = row_valid
-        if not (isinstance(valid, np.ndarray) and valid.dtype == np.bool_ and valid.flags.c_contiguous):
-            valid = np.ascontiguousarray(row_valid, dtype=np.bool_)
-        if valid.shape != (M,):
-            raise InputError(f"row_valid: expected bool [{M}], got shape {valid.shape}")
+    seg, valid = _dynamic_args(x, seg_starts, row_valid)
     S = seg.size - 1
     q = C.out_array(out, (M, K), np.dtype(np.uint8 if unsigned else np.int8 if bits <= 8 else np.int16),
                     "quantize_dynamic_rows", (x,))
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 128 if unsigned else 0, q, scales,
-                                 thresholds, row_scale)
-    if bad == -2:
-        raise InputError(f"seg_starts must start at 0, end at M={M} and not decrease; got {seg.tolist()[:8]}...")
-    if bad >= 0:
-        _raise_nonfinite(x, int(bad), "quantize_dynamic")
+    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 128 if unsigned else 0, 0, 1, q,
+                                 scales, thresholds, row_scale)
+    _raise_bad(bad, x, seg)
     return q, row_scale, scales, thresholds
+
+
+def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None):
+    """quantize_dynamic_rows of x float32 [B, T, C] (rows b*T + t) with the codes written head-major:
+    (q int8 [B, heads, T, C/heads], row_scale float32 [B*T], scales [S], thresholds [S]), equal to
+    quantize_dynamic_rows' codes reshaped [B, T, heads, d] and transposed to [B, heads, T, d], which
+    is what the attention GEMMs read, without that transposing copy. bits <= 8.
+    out: an int8 [B, heads, T, d] C-contiguous array to write the codes into, else a new one."""
+    x = C.array(x, "x", (np.float32,), 3)
+    heads = C.int_arg(heads, "heads")
+    B, T, Cw = x.shape
+    if heads < 1 or Cw % heads:
+        raise InputError(f"heads={heads} must be positive and divide the width C={Cw}")
+    bits = C.int_arg(bits, "bits")
+    if not 2 <= bits <= 8:
+        raise QuantError(f"bits={bits}: head-major codes are int8 (bits 2..8)")
+    d = Cw // heads
+    out = C.out_array(out, (B, heads, T, d), np.dtype(np.int8), "quantize_dynamic_heads", (x,))
+    q2 = out.reshape(B * heads * T, d)
+    x2 = C.as_c(x).reshape(B * T, Cw)
+    seg, valid = _dynamic_args(x2, seg_starts, row_valid)
+    S = seg.size - 1
+    row_scale = np.empty(B * T, dtype=np.float32)
+    scales = np.empty(S, dtype=np.float32)
+    thresholds = np.empty(S, dtype=np.float32)
+    bad = _quantize_dynamic_core(x2, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 0, heads, T, q2, scales, thresholds,
+                                 row_scale)
+    _raise_bad(bad, x2, seg)
+    return out, row_scale, scales, thresholds
 
 
 # ------------------------------------------------------------------------------------------- static

@@ -617,6 +617,11 @@ def test_bgemm_exact(b, m, n, k):
     v = _i8(rng, (b, k, n))
     vt = v.transpose(0, 2, 1)
     _eq(bgemm_s8s8(a, vt), R.bgemm_s8s8_ref(a, vt))
+    # b given as [B, K, N] (b_kn: V as stored), read transposed while packing: same results, no copy
+    _eq(bgemm_s8s8(a, v, b_kn=True), R.bgemm_s8s8_ref(a, vt))
+    _eq(bgemm_u8s8(au, 77, v, b_kn=True), R.bgemm_u8s8_ref(au, 77, vt))
+    with pytest.raises(InputError, match=r"b \[B, K, N\]"):
+        bgemm_s8s8(a, bb, b_kn=True) if n != k else bgemm_s8s8(a, _i8(rng, (b, k + 1, n)), b_kn=True)
 
 
 # ---------------------------------------------------------------------------------------- selection
@@ -710,6 +715,36 @@ def test_quantize_dynamic_equals_reference(bits, tmiqr):
                     quantize_dynamic_rows(x, seg, rv, bits=bits, unsigned=True)
     with pytest.raises(InputError, match="overlap"):
         quantize_dynamic_rows(x, np.array([0, M]), None, bits=16, out=x.view(np.int16).reshape(-1)[: M * K].reshape(M, K))
+
+
+@pytest.mark.parametrize("tmiqr", [False, True])
+def test_quantize_dynamic_heads_is_the_transposed_rows(tmiqr):
+    """Head-major codes [B, h, T, d] equal quantize_dynamic_rows' codes of the rows b*T + t, reshaped
+    [B, T, h, d] and transposed, with the same scales; bad head counts and bit widths are refused."""
+    from npbert.kernels.quantize import quantize_dynamic_heads
+
+    rng = _rng(7 + tmiqr)
+    B, T, C, h = 3, 11, 36, 6
+    x = (rng.standard_normal((B, T, C)) * rng.choice([0.1, 3.0], (B, T, 1))).astype(np.float32)
+    seg = np.arange(B + 1) * T
+    valid = rng.random(B * T) < 0.7
+    for bits in (4, 8):
+        q, rs, s, t = quantize_dynamic_rows(x.reshape(-1, C), seg, valid, bits=bits, tmiqr=tmiqr)
+        out = np.full((B, h, T, C // h), 99, np.int8)
+        qh, rsh, sh, th = quantize_dynamic_heads(x, h, seg, valid, bits=bits, tmiqr=tmiqr, out=out)
+        assert qh is out
+        _eq(qh, np.ascontiguousarray(q.reshape(B, T, h, C // h).transpose(0, 2, 1, 3)))
+        _eq(rsh, rs)
+        _eq(sh, s)
+        _eq(th, t)
+    with pytest.raises(InputError, match="divide"):
+        quantize_dynamic_heads(x, 5, seg)
+    with pytest.raises(QuantError, match="bits"):
+        quantize_dynamic_heads(x, h, seg, bits=12)
+    bad = x.copy()
+    bad[1, 2, 3] = np.nan
+    with pytest.raises(InputError, match="NaN in row 13"):
+        quantize_dynamic_heads(bad, h, seg)
 
 
 def test_quantize_dynamic_error_bound_and_clamp():
