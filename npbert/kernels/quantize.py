@@ -26,6 +26,7 @@ __all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_dynamic_heads"
 _ABS_MASK = 0x7FFFFFFF
 _EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
 _CHUNK = 1 << 14  # elements per parallel chunk of the flat kernels
+_ROWS = 32  # rows per parallel chunk where a chunk needs a scratch row
 
 
 def _raise_nonfinite(x: np.ndarray, row: int, what: str):
@@ -84,27 +85,45 @@ def _segment_stats(row_abs, row_bits, seg, valid, tmiqr, qmax, scales, threshold
 @njit
 def _quantize_row(xr, sc, t, fq, off, qr):
     """qr[k] = clamp(rint(clip(xr[k], -t, t) / sc), -fq, fq) + off; NaN -> 0 (+ off). Written as selects
-    on float32 so LLVM vectorises it (vdivps, vroundps, vcvttps2dq)."""
-    nt = -t
-    zero = np.float32(0.0)
-    for k in range(xr.shape[0]):
-        v = xr[k]
-        c = t if v > t else v
-        c = nt if c < nt else c
-        r = np.rint(c / sc)
-        r = fq if r > fq else r
-        r = -fq if r < -fq else r
-        r = r if r == r else zero
-        qr[k] = np.int32(r) + off
+    on float32 so LLVM vectorises it (vdivps, vroundps, vcvttps2dq); a nonzero offset is added in
+    float32 (exact: small integers; an integer add would widen the lanes to int64), in a loop of its
+    own, so the signed codes do not pay for it."""
+    if off == 0:
+        for k in range(xr.shape[0]):
+            qr[k] = np.int32(_code(xr[k], sc, t, fq))
+    else:
+        offf = np.float32(off)
+        for k in range(xr.shape[0]):
+            qr[k] = np.int32(_code(xr[k], sc, t, fq) + offf)
+
+
+@njit
+def _code(v, sc, t, fq):
+    """clamp(rint(clip(v, -t, t) / sc), -fq, fq) as float32; NaN -> 0."""
+    c = t if v > t else v
+    c = -t if c < -t else c
+    r = np.rint(c / sc)
+    r = fq if r > fq else r
+    r = -fq if r < -fq else r
+    return r if r == r else np.float32(0.0)
+
+
+@njit
+def _row_segment_scales(seg, scales, row_scale):
+    """row_scale[m] = scales[segment of row m]; returns each row's segment, int64 [M]."""
+    row_seg = np.empty(row_scale.shape[0], dtype=np.int64)
+    for s in range(seg.shape[0] - 1):
+        for m in range(seg[s], seg[s + 1]):
+            row_seg[m] = s
+            row_scale[m] = scales[s]
+    return row_seg
 
 
 @jit(parallel=True)
-def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, heads, T, q, scales, thresholds, row_scale):
+def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, thresholds, row_scale):
     """The whole of quantize_dynamic in one call (one dispatch from Python: at batch 1 the wrapper
-    overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K],
+    overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K] (+ off),
     scales / thresholds float32 [S], row_scale float32 [M] (each row's segment scale).
-    heads > 0: x's rows are sequences of T tokens and q is [B*heads*T, K/heads], the codes head-major
-    ([B, heads, T, d]: row m = b*T + t, columns of head hh -> q row (b*heads + hh)*T + t).
     Returns -1, or _segment_stats' error code (-2 bad segments, or a row holding NaN/Inf)."""
     M = x.shape[0]
     xi = x.view(np.int32)  # [M, K] the float32 bits
@@ -114,24 +133,37 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, heads, T, q, scales,
     bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
     if bad != -1:
         return bad
-    row_seg = np.empty(M, dtype=np.int64)  # [M] segment of each row
-    for s in range(seg.shape[0] - 1):
-        for m in range(seg[s], seg[s + 1]):
-            row_seg[m] = s
-            row_scale[m] = scales[s]
+    row_seg = _row_segment_scales(seg, scales, row_scale)
     fq = np.float32(qmax)
-    if heads == 0:
-        for m in prange(M):
-            s = row_seg[m]
-            _quantize_row(x[m], scales[s], thresholds[s], fq, off, q[m])
-        return -1
-    d = x.shape[1] // heads
     for m in prange(M):
         s = row_seg[m]
-        b, t = m // T, m % T
-        xm = x[m]
-        for hh in range(heads):
-            _quantize_row(xm[hh * d:(hh + 1) * d], scales[s], thresholds[s], fq, off, q[(b * heads + hh) * T + t])
+        _quantize_row(x[m], scales[s], thresholds[s], fq, off, q[m])
+    return -1
+
+
+@jit(parallel=True)
+def _quantize_dynamic_heads_core(x, seg, valid, tmiqr, qmax, heads, T, q, scales, thresholds, row_scale):
+    """_quantize_dynamic_core with the codes head-major: x's rows are sequences of T tokens (m = b*T + t)
+    and q is [B*heads*T, d] ([B, heads, T, d]): head hh of row m goes to q row (b*heads + hh)*T + t."""
+    M = x.shape[0]
+    xi = x.view(np.int32)
+    row_bits = np.empty(M, dtype=np.int32)
+    for m in prange(M):
+        row_bits[m] = _absmax_bits_row(xi[m])
+    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
+    if bad != -1:
+        return bad
+    row_seg = _row_segment_scales(seg, scales, row_scale)
+    fq = np.float32(qmax)
+    d = x.shape[1] // heads
+    for c in prange((M + _ROWS - 1) // _ROWS):
+        row = np.empty(x.shape[1], dtype=q.dtype)  # one row's codes, then scattered head by head
+        for m in range(c * _ROWS, min(M, (c + 1) * _ROWS)):
+            s = row_seg[m]
+            _quantize_row(x[m], scales[s], thresholds[s], fq, 0, row)  # whole rows vectorise; 32-wide heads less so
+            b, t = m // T, m % T
+            for hh in range(heads):
+                q[(b * heads + hh) * T + t, :] = row[hh * d:(hh + 1) * d]
     return -1
 
 
@@ -202,8 +234,8 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 128 if unsigned else 0, 0, 1, q,
-                                 scales, thresholds, row_scale)
+    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 128 if unsigned else 0, q, scales,
+                                 thresholds, row_scale)
     _raise_bad(bad, x, seg)
     return q, row_scale, scales, thresholds
 
@@ -231,8 +263,8 @@ def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int 
     row_scale = np.empty(B * T, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_core(x2, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 0, heads, T, q2, scales, thresholds,
-                                 row_scale)
+    bad = _quantize_dynamic_heads_core(x2, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, heads, T, q2, scales,
+                                       thresholds, row_scale)
     _raise_bad(bad, x2, seg)
     return out, row_scale, scales, thresholds
 
