@@ -6,13 +6,14 @@ process and run round-robin on one pre-tokenized batch, in an order that flips e
 of two recipes in a round measured 2-4% slower); the medians' ratios are what the README quotes.
 
     python bench/ab_recipes.py [--model DIR] [--threads 2] [--batch 8] [--reps 30] [--recipes dynamic,tm-iqr,w8a8,peg]
-                               [--off FLAG]
+                               [--off FLAG] [--out results/F.json]
 
 Prints seq/s per recipe and the ratios tm-iqr/dynamic and peg/w8a8 (speed, higher = faster). Static
 recipes calibrate on 32 STS-B train sentences. Run it alone (flock /tmp/npbert-heavy.lock ...).
 
 --off FLAG (a QuantExecutor switch such as FUSE_GEMM_DEQUANT) adds each recipe once more with the
 switch off ("dynamic-FLAG"), in the same rotation: what a bit-identical fusion buys, in one process.
+--out writes the medians and ratios with the command, git state and machine as JSON.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--recipes", default="dynamic,tm-iqr,w8a8,peg")
     ap.add_argument("--off", default=None, help="a QuantExecutor switch to time off as well (e.g. FUSE_GEMM_DEQUANT)")
+    ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
     if args.off is not None and not isinstance(getattr(QuantExecutor, args.off, None), bool):
         ap.error(f"--off {args.off}: not a QuantExecutor switch")
@@ -80,9 +82,21 @@ def main() -> int:
     pairs = [("tm-iqr", "dynamic"), ("peg", "w8a8")]
     if args.off is not None:
         pairs += [(r, f"{r}-{args.off}") for r in args.recipes.split(",")]
+    ratios = {}
     for a, b in pairs:
         if a in med and b in med:
+            ratios[f"{a} / {b}"] = med[b] / med[a]
             print(f"  {a} / {b} speed: {med[b] / med[a]:.3f}")
+    if args.out:
+        import sys
+
+        import _util
+
+        _util.write_json(Path(args.out), {
+            "command": " ".join(["python", *sys.argv]), "git": _util.git_state(), "machine": _util.machine_info(),
+            "model": args.model, "batch": B, "seq_len": T, "threads": args.threads, "reps": args.reps,
+            "median_s": med, "seq_per_s": {r: B / s for r, s in med.items()}, "speed_ratios": ratios})
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -176,8 +176,9 @@ def _fma8(builder, x, y, z):
     return builder.call(fma, [x, y, z])
 
 
-def _store_scaled(context, builder, signature, args, accs, k):
+def _store_scaled(context, builder, signature, args, accs, k, first=False):
     """yt += s * float64(acc) for the eight accumulators (row r, half h at 2r + h); yt, s = args[k], args[k + 1].
+    first: yt = s * float64(acc) + 0.0, the same sum onto a zeroed yt without reading (or zeroing) it.
 
     One fused multiply-add, bit-identical to the separate multiply and add because the product is
     exact: s is a float32 (24-bit significand) and |acc| < 2^29 (29 bits), so s * acc needs at most
@@ -190,7 +191,8 @@ def _store_scaled(context, builder, signature, args, accs, k):
     y_base = builder.bitcast(y_arr.data, f64.as_pointer())
     for i, acc in enumerate(accs):  # acc 2r + h holds tile[r, 8h:8h+8] = yt[16r + 8h : ...] = yt[8i : 8i + 8]
         dst = builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]), v8f64.as_pointer())
-        builder.store(_fma8(builder, builder.sitofp(acc, v8f64), sv, builder.load(dst, align=8)), dst, align=8)
+        prev = ir.Constant(v8f64, [0.0] * 8) if first else builder.load(dst, align=8)
+        builder.store(_fma8(builder, builder.sitofp(acc, v8f64), sv, prev), dst, align=8)
 
 
 def _store_finish(context, builder, signature, args, accs, k):
@@ -420,6 +422,22 @@ def _microkernel_quads_scaled_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, c
 
     def codegen(context, builder, signature, args):
         _store_scaled(context, builder, signature, args, _quad_loop(context, builder, signature, args), 13)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _microkernel_quads_first_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, corr, c_off, fix_c, fix_k, fix_v, f0, f1,
+                                yt, s):
+    """The first group: yt[r*16 + c] = s * float64(quad tile[r, c]) + 0.0 (as _microkernel_quads_scaled_ir
+    onto a zeroed yt, bit for bit, without reading it)."""
+    if not (_quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) and _is_flat(yt, types.float64)):
+        return None
+    sig = types.void(*_quad_sig(a8, wq, corr, fix_c, fix_k, fix_v), yt, types.float64)
+
+    def codegen(context, builder, signature, args):
+        _store_scaled(context, builder, signature, args, _quad_loop(context, builder, signature, args), 13, first=True)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -48,7 +48,7 @@ from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
 from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_dequant_ir,
-                                  _microkernel_quads_finish_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
+                                  _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, activation, epilogue, row_scales
 
 __all__ = [
@@ -476,13 +476,21 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
         for i0 in range(0, m, 2 * MR):
             i1 = i0 + MR
             two = i1 < m
-            for t in range(MR * NR):
-                ya[t] = 0.0
-                yb[t] = 0.0
+            if G == 1:  # the finish adds onto ya / yb: zeros (with more groups the first group writes them)
+                for t in range(MR * NR):
+                    ya[t] = 0.0
+                    yb[t] = 0.0
             for g in range(G - 1):
                 w_off = woff[g] + j * kqs[g] * 4 * NR
                 c_off = (g * NP + j) * NR
                 f0, f1 = fix_start[g, j], fix_start[g, j + 1]
+                if g == 0:  # onto zero: the same fma, without reading or zeroing ya / yb
+                    _microkernel_quads_first_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                                fix_v, f0, f1, ya, scales[g])
+                    if two:
+                        _microkernel_quads_first_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c,
+                                                    fix_k, fix_v, f0, f1, yb, scales[g])
+                    continue
                 _microkernel_quads_scaled_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
                                              fix_v, f0, f1, ya, scales[g])
                 if two:
