@@ -851,8 +851,12 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         bs = _NO_VEC if bias is None else C.f32_vector(bias, pw.n, "gemm_grouped: bias")
         mpad = -(-M // MR) * MR
         bounds, widen_zps, aoff, lda = args[:4]
-        buf = _scratch(mpad * lda, np.uint8 if kernel is _gemm_grouped_quads_core else np.int16)
-        _widen_grouped(a, bounds, widen_zps, aoff, mpad, lda, buf)
+        if (kernel is _gemm_grouped_quads_core and a.dtype == np.uint8 and M == mpad and lda == K
+                and np.array_equal(aoff, bounds[:-1])):
+            buf = a.reshape(-1)  # groups of whole k-quads: uint8 codes are the kernel's layout already
+        else:
+            buf = _scratch(mpad * lda, np.uint8 if kernel is _gemm_grouped_quads_core else np.int16)
+            _widen_grouped(a, bounds, widen_zps, aoff, mpad, lda, buf)
         kernel(buf, lda, M, aoff, *args[4:-1], pw.n, args[-1], ws, w_scale is not None, bs, bias is not None, out.reshape(-1))
         # the activation as its own parallel pass: GELU on each 4 x 16 tile in the store was tried and
         # was slower (per-call overhead of the vectorised exp on 64 values)

@@ -491,7 +491,8 @@ LAYOUTS = ("pairs", "quads") if HAVE_U8S7 else ("pairs",)
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16])
-@pytest.mark.parametrize("m,n,k,bounds", [(7, 17, 33, [0, 33]), (5, 33, 129, [0, 1, 64, 65, 129]), (17, 3, 130, [0, 7, 70, 130])])
+@pytest.mark.parametrize("m,n,k,bounds", [(7, 17, 33, [0, 33]), (5, 33, 129, [0, 1, 64, 65, 129]), (17, 3, 130, [0, 7, 70, 130]),
+                                          (8, 19, 128, [0, 32, 64, 128])])  # (whole k-quads: read in place)
 def test_gemm_grouped_bit_identical(dtype, m, n, k, bounds, layout):
     """Pair panels, and quad panels (uniform int8 weights: many fixes per group) for 8-bit codes."""
     rng = _rng(k + len(bounds))
