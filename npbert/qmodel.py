@@ -423,7 +423,8 @@ class QuantExecutor(Executor):
         DYN_U8_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True)).
         heads (an attention operand x [B, T, C], 8 bits or fewer, integer kernels): the codes head-major,
         int8 [B, heads, T, C/heads] (quantize_dynamic_heads)."""
-        unsigned = unsigned and spec.bits <= 8 and not self.sim
+        # (uint8 codes check the u8s8 K bound, half the s8s8 one: longer rows keep int8 codes)
+        unsigned = unsigned and spec.bits <= 8 and not self.sim and x.shape[-1] <= kg.K_MAX_U8S8
         heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
         key = f"{name}@{id(x)}@{unsigned}@{heads}"
         if key not in self._dyn_cache:

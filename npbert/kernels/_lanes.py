@@ -36,8 +36,8 @@ def f32_bits(typingctx, x):
 
 @intrinsic
 def f32_from_bits(typingctx, i):
-    """integer (its low 32 bits) -> float32 with those bits."""
-    if not isinstance(i, types.Integer):
+    """integer of 32 bits or more (its low 32 bits) -> float32 with those bits."""
+    if not isinstance(i, types.Integer) or i.bitwidth < 32:
         return None
 
     def codegen(context, builder, sig, args):

@@ -621,11 +621,12 @@ def _quads_operands(a: np.ndarray, zp: int, pw: PackedInt8Weight):
         mpad = -(-M // MR) * MR
         a8 = _scratch(mpad * lda, np.uint8)
         _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
-    corr = pw._groups.get(("corr", zp_u8))  # (the same few zero points call after call: cached)
+    key = b"corr%d" % zp_u8  # (bytes: tuple keys are gemm_grouped's plans)
+    corr = pw._groups.get(key)  # the same few zero points call after call: cached
     if corr is None:
         corr = np.zeros(-(-pw.n // NR) * NR, np.int32)
         corr[:pw.n] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
-        pw._groups[("corr", zp_u8)] = corr
+        pw._groups[key] = corr
     return a8, lda, corr
 
 
@@ -637,7 +638,7 @@ def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):
     the callers' K limits ensure."""
     M = a.shape[0]
     N, kq = pw.n, pw.kq
-    out = C.out_array(out, (M, N), np.int32, name)
+    out = C.out_array(out, (M, N), np.int32, name, (a,))  # (a may be read in place: no overlap)
     if M == 0 or N == 0 or kq == 0:
         out[...] = 0
         return out
@@ -720,7 +721,7 @@ def gemm_dequant(a, a_zero_point: int, w, row_scale, w_scale, bias=None, act=Non
     if pw.layout != "quads" or M == 0 or N == 0 or pw.kq == 0:
         acc = gemm_s8s8(a, pw) if a.dtype == np.int8 else gemm_u8s8(a, zp, pw)
         return epilogue(acc, row_scale, w_scale, bias, act, out)
-    out = C.out_array(out, (M, N), np.float32, "gemm_dequant")
+    out = C.out_array(out, (M, N), np.float32, "gemm_dequant", (a,))
     rs = row_scales(row_scale, M, "gemm_dequant")  # float64 [M], then padded to whole tiles (rows past M: 0)
     if M % MR:
         rs = np.concatenate([rs, np.zeros(MR - M % MR)])
@@ -844,7 +845,7 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         kernel, args = _grouped_plan(pw, a.dtype, K, group_bounds, group_zero_points, group_scales)
     if kernel is not None:
         # One pass: every group's tile accumulated while it is in registers / L1, one float32 store.
-        out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped")
+        out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped", (a,))
         if M == 0 or pw.n == 0:
             return out
         ws = _NO_VEC if w_scale is None else C.f32_vector(w_scale, pw.n, "gemm_grouped: w_scale")

@@ -29,10 +29,11 @@ _CHUNK = 1 << 14  # elements per parallel chunk of the flat kernels
 _ROWS = 32  # rows per parallel chunk where a chunk needs a scratch row
 
 
-def _raise_nonfinite(x: np.ndarray, row: int, what: str):
+def _raise_nonfinite(x: np.ndarray, row: int, what: str, seq_len: int | None = None):
     v = x[row]
     kind = "NaN" if np.isnan(v).any() else "Inf"
-    raise InputError(f"{what}: {kind} in row {row}; the activations are not finite (check the layer before)")
+    where = f"row {row}" if seq_len is None else f"sequence {row // seq_len}, token {row % seq_len}"
+    raise InputError(f"{what}: {kind} in {where}; the activations are not finite (check the layer before)")
 
 
 # ------------------------------------------------------------------------------------------ dynamic
@@ -205,12 +206,12 @@ def _dynamic_args(x, seg_starts, row_valid):
     return seg, valid
 
 
-def _raise_bad(bad: int, x, seg):
+def _raise_bad(bad: int, x, seg, what: str = "quantize_dynamic", seq_len: int | None = None):
     """The dynamic core's error code -> its exception (-1: none)."""
     if bad == -2:
         raise InputError(f"seg_starts must start at 0, end at M={x.shape[0]} and not decrease; got {seg.tolist()[:8]}...")
     if bad >= 0:
-        _raise_nonfinite(x, int(bad), "quantize_dynamic")
+        _raise_nonfinite(x, int(bad), what, seq_len)
 
 
 def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None,
@@ -265,7 +266,7 @@ def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int 
     thresholds = np.empty(S, dtype=np.float32)
     bad = _quantize_dynamic_heads_core(x2, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, heads, T, q2, scales,
                                        thresholds, row_scale)
-    _raise_bad(bad, x2, seg)
+    _raise_bad(bad, x2, seg, "quantize_dynamic_heads", T)
     return out, row_scale, scales, thresholds
 
 

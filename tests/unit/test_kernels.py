@@ -744,7 +744,7 @@ def test_quantize_dynamic_heads_is_the_transposed_rows(tmiqr):
         quantize_dynamic_heads(x, h, seg, bits=12)
     bad = x.copy()
     bad[1, 2, 3] = np.nan
-    with pytest.raises(InputError, match="NaN in row 13"):
+    with pytest.raises(InputError, match="quantize_dynamic_heads: NaN in sequence 1, token 2"):
         quantize_dynamic_heads(bad, h, seg)
 
 
@@ -1042,3 +1042,8 @@ def test_gemm_dequant_bad_arguments():
     with pytest.raises(InputError, match="out must be"):
         G.gemm_dequant(a, 0, pw, 1.0, ws, out=np.empty((2, 5), np.float64))
     assert G.gemm_dequant(a[:0], 0, pw, np.ones(0), ws).shape == (0, 5)
+    # a uint8 a is read in place by the quad kernel: an out that overlaps it is refused
+    base = np.zeros(8 * 8 * 4, np.uint8)
+    pq = pack_int8_weight(_i8(rng, (8, 16)), LAYOUTS[-1])
+    with pytest.raises(InputError, match="overlap"):
+        G.gemm_dequant(base[:128].reshape(8, 16), 0, pq, 1.0, np.ones(8, np.float32), out=base.view(np.float32).reshape(8, 8))

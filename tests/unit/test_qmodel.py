@@ -447,6 +447,10 @@ def test_gemm_dequant_and_unsigned_codes_are_bit_identical(tiny, recipe, monkeyp
     quads = sum(w.packed.layout == "quads" for w in qm.qweights.values())
     if recipe != "w8a8-mp":  # (w8a8-mp's linears write codes, not floats: linear_site)
         assert len(calls) == quads
+    from npbert.kernels._simd import HAVE_U8S7
+
+    if recipe == "dynamic:wbits=7" and HAVE_U8S7:  # 7-bit weights always pack as quads: the path is taken
+        assert quads == len(qm.qweights) > 0
     for switch in ("DYN_UNSIGNED_CODES", "FUSE_GEMM_DEQUANT"):
         monkeypatch.setattr(QuantExecutor, switch, False)
         np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
