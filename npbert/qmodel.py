@@ -365,7 +365,7 @@ class QuantExecutor(Executor):
     # A linear's float output straight from the GEMM's registers on quad panels (kernels.gemm.gemm_dequant)
     # instead of the int32 result and then fused.epilogue. Bit-identical; a switch for in-process A/B.
     FUSE_GEMM_DEQUANT = True
-    # A linear's dynamic input codes written as uint8 (codes + 128, zero point DYN_U8_ZP): the quad GEMM's
+    # A linear's dynamic input codes written as uint8 (codes + 128, zero point kq.UNSIGNED_ZP): the quad GEMM's
     # own operand, read without the converting copy int8 codes need. Bit-identical; a switch for A/B.
     DYN_UNSIGNED_CODES = True
 
@@ -420,7 +420,7 @@ class QuantExecutor(Executor):
     def _dynamic(self, name: str, x: np.ndarray, spec: SiteSpec, unsigned: bool = False, heads: int = 0):
         """float [.., K] -> (codes [M, K], per-row scale [M]) with one scale per sequence, cached per site.
         unsigned (a linear's input, 8 bits or fewer, integer kernels): the codes + 128 as uint8, zero point
-        DYN_U8_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True)).
+        kq.UNSIGNED_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True)).
         heads (an attention operand x [B, T, C], 8 bits or fewer, integer kernels): the codes head-major,
         int8 [B, heads, T, C/heads] (quantize_dynamic_heads)."""
         # (uint8 codes check the u8s8 K bound, half the s8s8 one: longer rows keep int8 codes)
@@ -475,8 +475,8 @@ class QuantExecutor(Executor):
             # PEG with one group is bit-identical to per tensor. On quad panels the GEMM does this in
             # its registers (gemm_dequant: the int32 result is never stored); elsewhere two passes.
             if self.FUSE_GEMM_DEQUANT and w.packed.layout == "quads" and codes.dtype in (np.int8, np.uint8):
-                return kg.gemm_dequant(codes, _codes_zp(codes, qp), w.packed, row_scale if qp is None else qp.scale, w.scale, w.bias,
-                                       act, out)
+                scale = row_scale if qp is None else qp.scale
+                return kg.gemm_dequant(codes, _codes_zp(codes, qp), w.packed, scale, w.scale, w.bias, act, out)
             return fused.epilogue(*self._accumulate(codes, qp, row_scale, w), w.scale, w.bias, act, out)
         y = y + w.bias if w.bias is not None else y
         return y if act is None else fused.activation(act, y, self.PARALLEL_FLOAT_KERNELS)
@@ -655,14 +655,11 @@ class QuantExecutor(Executor):
         return value
 
 
-DYN_U8_ZP = 128  # the zero point of unsigned dynamic codes (symmetric codes + 128)
-
-
 def _codes_zp(codes: np.ndarray, qp: QParams | None) -> int:
     """The zero point of a linear's input codes: the static grid's; for dynamic codes (qp None) 0, or
-    DYN_U8_ZP for the unsigned form (int8 codes never carry one: gemm_s8s8 takes none)."""
+    kq.UNSIGNED_ZP for the unsigned form (int8 codes never carry one: gemm_s8s8 takes none)."""
     if qp is None:
-        return DYN_U8_ZP if codes.dtype == np.uint8 else 0
+        return kq.UNSIGNED_ZP if codes.dtype == np.uint8 else 0
     return int(qp.zero_point) if codes.dtype != np.int8 else 0
 
 

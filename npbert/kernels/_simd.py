@@ -195,27 +195,38 @@ def _store_scaled(context, builder, signature, args, accs, k, first=False):
         builder.store(_fma8(builder, builder.sitofp(acc, v8f64), sv, prev), dst, align=8)
 
 
+def _finish_rows(context, builder, signature, args, vals, k):
+    """dst[d_off + r*ldd + c] = float32(v[r, c]) * ws[c] + bs[c] for the eight float64 vectors vals
+    (row r, half h at 2r + h); ws, bs, dst, d_off, ldd = args[k : k + 5]. float32 multiply then add,
+    each rounded once (no fma), as NumPy would round them after the GEMM."""
+    arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    v8f32 = ir.VectorType(f32, 8)
+    ws_base = builder.bitcast(arr(k).data, f32.as_pointer())
+    bs_base = builder.bitcast(arr(k + 1).data, f32.as_pointer())
+    d_base = builder.gep(builder.bitcast(arr(k + 2).data, f32.as_pointer()), [args[k + 3]])
+    vec = lambda base, i: builder.bitcast(builder.gep(base, [ir.Constant(i64, i)]), v8f32.as_pointer())  # noqa: E731
+    wsv = [builder.load(vec(ws_base, 8 * h), align=4) for h in range(2)]
+    bsv = [builder.load(vec(bs_base, 8 * h), align=4) for h in range(2)]
+    for i, v in enumerate(vals):
+        r, h = divmod(i, 2)
+        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
+        row = builder.gep(d_base, [builder.mul(args[k + 4], ir.Constant(i64, r))])
+        builder.store(f, vec(row, 8 * h), align=4)
+
+
 def _store_finish(context, builder, signature, args, accs, k):
     """v = yt + s * float64(acc) (one fma, exact as in _store_scaled), then dst[d_off + r*ldd + c] =
     float32(v[r, c]) * ws[c] + bs[c]; yt, s, ws, bs, dst, d_off, ldd = args[k : k + 7]. yt is left as it
     was (v is not stored back)."""
-    arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
-    f32, f64, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(64)
-    v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
+    f64 = ir.DoubleType()
+    v8f64 = ir.VectorType(f64, 8)
     sv = _splat8(builder, args[k + 1])
-    y_base = builder.bitcast(arr(k).data, f64.as_pointer())
-    ws_base = builder.bitcast(arr(k + 2).data, f32.as_pointer())
-    bs_base = builder.bitcast(arr(k + 3).data, f32.as_pointer())
-    d_base = builder.gep(builder.bitcast(arr(k + 4).data, f32.as_pointer()), [args[k + 5]])
-    vec = lambda base, i, t: builder.bitcast(builder.gep(base, [ir.Constant(i64, i)]), t.as_pointer())  # noqa: E731
-    wsv = [builder.load(vec(ws_base, 8 * h, v8f32), align=4) for h in range(2)]
-    bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
-    for i, acc in enumerate(accs):
-        r, h = divmod(i, 2)
-        v = _fma8(builder, builder.sitofp(acc, v8f64), sv, builder.load(vec(y_base, 8 * i, v8f64), align=8))
-        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])  # float32: rounds, no fma
-        row = builder.gep(d_base, [builder.mul(args[k + 6], ir.Constant(i64, r))])
-        builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
+    y_base = builder.bitcast(context.make_array(signature.args[k])(context, builder, args[k]).data, f64.as_pointer())
+    yv = lambda i: builder.load(builder.bitcast(builder.gep(y_base, [ir.Constant(ir.IntType(64), 8 * i)]),  # noqa: E731
+                                                v8f64.as_pointer()), align=8)
+    vals = [_fma8(builder, builder.sitofp(acc, v8f64), sv, yv(i)) for i, acc in enumerate(accs)]
+    _finish_rows(context, builder, signature, args, vals, k + 2)
 
 
 @njit
@@ -464,23 +475,13 @@ def _store_dequant(context, builder, signature, args, accs, k):
     ws, bs, dst, d_off, ldd = args[k : k + 7]. Each operation rounds once, in the order of
     fused.epilogue (float64 product to float32, then float32 multiply and add, no fma), so the tile
     equals that pass over the int32 result bit for bit; bs holds -0.0 where there is no bias."""
-    arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
-    f32, f64, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(64)
-    v8f64, v8f32 = ir.VectorType(f64, 8), ir.VectorType(f32, 8)
-    rs_base = builder.gep(builder.bitcast(arr(k).data, f64.as_pointer()), [args[k + 1]])
-    ws_base = builder.bitcast(arr(k + 2).data, f32.as_pointer())
-    bs_base = builder.bitcast(arr(k + 3).data, f32.as_pointer())
-    d_base = builder.gep(builder.bitcast(arr(k + 4).data, f32.as_pointer()), [args[k + 5]])
-    vec = lambda base, i, t: builder.bitcast(builder.gep(base, [ir.Constant(i64, i)]), t.as_pointer())  # noqa: E731
-    wsv = [builder.load(vec(ws_base, 8 * h, v8f32), align=4) for h in range(2)]
-    bsv = [builder.load(vec(bs_base, 8 * h, v8f32), align=4) for h in range(2)]
+    f64, i64 = ir.DoubleType(), ir.IntType(64)
+    v8f64 = ir.VectorType(f64, 8)
+    rs_arr = context.make_array(signature.args[k])(context, builder, args[k])
+    rs_base = builder.gep(builder.bitcast(rs_arr.data, f64.as_pointer()), [args[k + 1]])
     rsv = [_splat8(builder, builder.load(builder.gep(rs_base, [ir.Constant(i64, r)]))) for r in range(MR)]
-    for i, acc in enumerate(accs):
-        r, h = divmod(i, 2)
-        v = builder.fmul(builder.sitofp(acc, v8f64), rsv[r])
-        f = builder.fadd(builder.fmul(builder.fptrunc(v, v8f32), wsv[h]), bsv[h])
-        row = builder.gep(d_base, [builder.mul(args[k + 6], ir.Constant(i64, r))])
-        builder.store(f, builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), v8f32.as_pointer()), align=4)
+    vals = [builder.fmul(builder.sitofp(acc, v8f64), rsv[i // 2]) for i, acc in enumerate(accs)]
+    _finish_rows(context, builder, signature, args, vals, k + 2)
 
 
 @intrinsic

@@ -38,7 +38,7 @@ from npbert._jit import jit, njit_ieee as njit
 from npbert.errors import InputError
 from npbert.kernels import _checks as chk
 from npbert.kernels._lanes import f32_bits, f32_from_bits, sum4_f64, sumsq4_f64
-from npbert.kernels.quantize import _EXP_ALL_ONES, _add_requant_one, _quantize_static_span
+from npbert.kernels.quantize import _EXP_ALL_ONES, ROWS_PER_CHUNK, _add_requant_one, _quantize_static_span
 
 __all__ = ["ACT_CODES", "epilogue", "activation", "softmax_rows", "softmax_quantize", "add_layer_norm", "layer_norm",
            "residual_layer_norm_quantize", "OutGrid", "epilogue_quantize", "activation_quantize", "merge_heads_scaled"]
@@ -58,9 +58,6 @@ _INV_FACT = tuple(np.float32(1.0 / f) for f in (1.0, 1.0, 2.0, 6.0, 24.0, 120.0,
 _P = np.float32(0.3275911)
 _A1, _A2, _A3, _A4, _A5 = (np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
 _INV_SQRT2 = np.float32(1 / np.sqrt(2.0))
-# Rows per parallel chunk: scratch buffers are allocated once per chunk, not per row (an allocation
-# per 128-value softmax row cost as much as the row's arithmetic).
-ROWS_PER_CHUNK = 32
 _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 

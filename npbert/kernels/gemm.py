@@ -290,7 +290,8 @@ def _widen(a, c0, c1, zp, mpad, lda, out):
 
 @njit
 def _pack_panels(b, kp, out):
-    """b [N, K] int8 -> out int16 flat [NP*kp*2*NR], the PackedInt8Weight.panels layout."""
+    """b [N, K] int8 (any strides: a transposed view packs without a copy) -> out int16 flat
+    [NP*kp*2*NR], the PackedInt8Weight.panels layout."""
     N, K = b.shape
     NP = (N + NR - 1) // NR
     for j in range(NP):
@@ -301,21 +302,6 @@ def _pack_panels(b, kp, out):
                 for t in range(2):
                     k = 2 * p + t
                     out[o + 2 * c + t] = b[n, k] if (n < N and k < K) else 0
-
-
-@njit
-def _pack_panels_kn(bt, kp, out):
-    """_pack_panels of b = bt.T without forming it: bt [K, N] int8 (P V's V as stored, [T, d])."""
-    K, N = bt.shape
-    NP = (N + NR - 1) // NR
-    for j in range(NP):
-        for p in range(kp):
-            o = (j * kp + p) * 2 * NR
-            for c in range(NR):
-                n = j * NR + c
-                for t in range(2):
-                    k = 2 * p + t
-                    out[o + 2 * c + t] = bt[k, n] if (n < N and k < K) else 0
 
 
 @njit
@@ -375,7 +361,7 @@ def _bgemm_core(a, zp, b, b_kn, out):
         for k in range(M * lda, mpad * lda):
             a16[k] = 0
         if b_kn:
-            _pack_panels_kn(b[i], kp, wp)
+            _pack_panels(b[i].T, kp, wp)  # b[i] [K, N]: packed through its transposed view
         else:
             _pack_panels(b[i], kp, wp)
         oi = out[i]
@@ -786,9 +772,11 @@ def _check_grouped(dtype, K: int, group_bounds, group_zero_points, group_scales)
 
 
 def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_points, group_scales):
-    """(core, args) of an 8-bit gemm_grouped call (core None: a group wider than K_MAX_FMA, for the
-    split-K path): args = (bounds, per-group widen offsets, activation
-    offsets, lda, the core's weight / correction arguments..., scales float64 [G]). Cached on the weight,
+    """(core, args, in_place) of an 8-bit gemm_grouped call (core None: a group wider than K_MAX_FMA,
+    for the split-K path): args = (bounds, per-group widen offsets, activation
+    offsets, lda, the core's weight / correction arguments..., scales float64 [G]); in_place: uint8
+    codes whose groups are whole k-quads are the quad core's layout already (read without widening,
+    when M is whole row tiles too). Cached on the weight,
     keyed by the arguments' bytes: a PEG layer calls with the same groups, zero points and scales every
     time, so the checks and the zero-point corrections (tens of microseconds of Python per call) run
     once. Arguments that have no plain bytes (object arrays,
@@ -805,16 +793,17 @@ def _grouped_plan(pw: PackedInt8Weight, dtype, K: int, group_bounds, group_zero_
     bounds, zp_arr, scales = _check_grouped(dtype, K, gb, zp_in, sc_in)
     G = bounds.size - 1
     if np.diff(bounds).max() > K_MAX_FMA:  # the tile kernels' fma needs exact products: the split-K path
-        plan = (None, ())
+        plan = (None, (), False)
     elif pw.layout == "quads":  # the weight qualified for quad panels: its group slices run them too
         wq, woff, kqs, aoff, lda, sums, fstart, fc, fk, fv = pw.group_quads_layout(bounds)
         shift = -128 if dtype == np.int8 else 0  # int8 codes + 128 -> uint8, zero points with them
         corr = ((zp_arr - shift).astype(np.int32)[:, None] * sums).reshape(-1)  # wraps like the kernel: mod 2^32
+        in_place = dtype == np.uint8 and lda == K and np.array_equal(aoff, bounds[:-1])
         plan = (_gemm_grouped_quads_core, (bounds, np.full(G, shift, np.int64), aoff, lda, wq, woff, kqs, corr, fstart,
-                                           fc, fk, fv, scales.astype(np.float64)))
+                                           fc, fk, fv, scales.astype(np.float64)), in_place)
     else:
         wp, woff, kps, aoff, lda = pw.group_layout(bounds)
-        plan = (_gemm_grouped_core, (bounds, zp_arr, aoff, lda, wp, woff, kps, scales.astype(np.float64)))
+        plan = (_gemm_grouped_core, (bounds, zp_arr, aoff, lda, wp, woff, kps, scales.astype(np.float64)), False)
     if key is not None:
         plans = [k for k in list(pw._groups) if isinstance(k, tuple)]  # (a snapshot: other threads may insert)
         if len(plans) >= _PLANS_MAX:
@@ -842,7 +831,7 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
     M, K = a.shape
     kernel = None
     if a.dtype != np.int16:
-        kernel, args = _grouped_plan(pw, a.dtype, K, group_bounds, group_zero_points, group_scales)
+        kernel, args, in_place = _grouped_plan(pw, a.dtype, K, group_bounds, group_zero_points, group_scales)
     if kernel is not None:
         # One pass: every group's tile accumulated while it is in registers / L1, one float32 store.
         out = C.out_array(out, (M, pw.n), np.float32, "gemm_grouped", (a,))
@@ -852,9 +841,8 @@ def gemm_grouped(a, group_bounds, group_zero_points, group_scales, w, w_scale=No
         bs = _NO_VEC if bias is None else C.f32_vector(bias, pw.n, "gemm_grouped: bias")
         mpad = -(-M // MR) * MR
         bounds, widen_zps, aoff, lda = args[:4]
-        if (kernel is _gemm_grouped_quads_core and a.dtype == np.uint8 and M == mpad and lda == K
-                and np.array_equal(aoff, bounds[:-1])):
-            buf = a.reshape(-1)  # groups of whole k-quads: uint8 codes are the kernel's layout already
+        if in_place and M == mpad:
+            buf = a.reshape(-1)
         else:
             buf = _scratch(mpad * lda, np.uint8 if kernel is _gemm_grouped_quads_core else np.int16)
             _widen_grouped(a, bounds, widen_zps, aoff, mpad, lda, buf)

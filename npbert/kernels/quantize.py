@@ -26,7 +26,10 @@ __all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_dynamic_heads"
 _ABS_MASK = 0x7FFFFFFF
 _EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
 _CHUNK = 1 << 14  # elements per parallel chunk of the flat kernels
-_ROWS = 32  # rows per parallel chunk where a chunk needs a scratch row
+# Rows per parallel chunk (here and in fused.py): scratch buffers are allocated once per chunk, not
+# per row (an allocation per 128-value softmax row cost as much as the row's arithmetic).
+ROWS_PER_CHUNK = 32
+UNSIGNED_ZP = 128  # unsigned dynamic codes: the symmetric codes + 128, read with this zero point
 
 
 def _raise_nonfinite(x: np.ndarray, row: int, what: str, seq_len: int | None = None):
@@ -109,15 +112,24 @@ def _code(v, sc, t, fq):
     return r if r == r else np.float32(0.0)
 
 
-@njit
-def _row_segment_scales(seg, scales, row_scale):
-    """row_scale[m] = scales[segment of row m]; returns each row's segment, int64 [M]."""
-    row_seg = np.empty(row_scale.shape[0], dtype=np.int64)
-    for s in range(seg.shape[0] - 1):
-        for m in range(seg[s], seg[s + 1]):
-            row_seg[m] = s
-            row_scale[m] = scales[s]
-    return row_seg
+@jit(parallel=True)
+def _dynamic_scales(x, seg, valid, tmiqr, qmax, scales, thresholds, row_scale):
+    """The statistics half of dynamic quantization: per-row abs-max (parallel), per-segment threshold
+    and scale (_segment_stats), row_scale[m] = scales[segment of row m]. Returns (-1 or
+    _segment_stats' error code, each row's segment int64 [M]).   # x float32 [M, K]"""
+    M = x.shape[0]
+    xi = x.view(np.int32)  # [M, K] the float32 bits
+    row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
+    for m in prange(M):
+        row_bits[m] = _absmax_bits_row(xi[m])
+    row_seg = np.empty(M, dtype=np.int64)
+    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
+    if bad == -1:
+        for s in range(seg.shape[0] - 1):
+            for m in range(seg[s], seg[s + 1]):
+                row_seg[m] = s
+                row_scale[m] = scales[s]
+    return bad, row_seg
 
 
 @jit(parallel=True)
@@ -126,17 +138,11 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, threshold
     overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K] (+ off),
     scales / thresholds float32 [S], row_scale float32 [M] (each row's segment scale).
     Returns -1, or _segment_stats' error code (-2 bad segments, or a row holding NaN/Inf)."""
-    M = x.shape[0]
-    xi = x.view(np.int32)  # [M, K] the float32 bits
-    row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
-    for m in prange(M):
-        row_bits[m] = _absmax_bits_row(xi[m])
-    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
+    bad, row_seg = _dynamic_scales(x, seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
     if bad != -1:
         return bad
-    row_seg = _row_segment_scales(seg, scales, row_scale)
     fq = np.float32(qmax)
-    for m in prange(M):
+    for m in prange(x.shape[0]):
         s = row_seg[m]
         _quantize_row(x[m], scales[s], thresholds[s], fq, off, q[m])
     return -1
@@ -146,20 +152,15 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, threshold
 def _quantize_dynamic_heads_core(x, seg, valid, tmiqr, qmax, heads, T, q, scales, thresholds, row_scale):
     """_quantize_dynamic_core with the codes head-major: x's rows are sequences of T tokens (m = b*T + t)
     and q is [B*heads*T, d] ([B, heads, T, d]): head hh of row m goes to q row (b*heads + hh)*T + t."""
-    M = x.shape[0]
-    xi = x.view(np.int32)
-    row_bits = np.empty(M, dtype=np.int32)
-    for m in prange(M):
-        row_bits[m] = _absmax_bits_row(xi[m])
-    bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
+    bad, row_seg = _dynamic_scales(x, seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
     if bad != -1:
         return bad
-    row_seg = _row_segment_scales(seg, scales, row_scale)
+    M = x.shape[0]
     fq = np.float32(qmax)
     d = x.shape[1] // heads
-    for c in prange((M + _ROWS - 1) // _ROWS):
+    for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         row = np.empty(x.shape[1], dtype=q.dtype)  # one row's codes, then scattered head by head
-        for m in range(c * _ROWS, min(M, (c + 1) * _ROWS)):
+        for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
             s = row_seg[m]
             _quantize_row(x[m], scales[s], thresholds[s], fq, 0, row)  # whole rows vectorise; 32-wide heads less so
             b, t = m // T, m % T
@@ -218,7 +219,7 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
                           unsigned: bool = False):
     """quantize_dynamic, also returning each row's scale: (q [M, K], row_scale float32 [M] =
     scales[segment of the row], scales [S], thresholds [S]). What a GEMM epilogue consumes.
-    unsigned=True (bits <= 8): the codes + 128 as uint8, i.e. the same grid with zero point 128, which
+    unsigned=True (bits <= 8): the codes + 128 as uint8, i.e. the same grid with zero point UNSIGNED_ZP, which
     is the quad GEMM kernel's own operand (uint8 x int8): it then reads them without a converting copy.
     out: an int8 (bits <= 8; uint8 if unsigned) / int16 [M, K] array to write the codes into, else a new one."""
     bits = C.int_arg(bits, "bits")
@@ -235,7 +236,7 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, 128 if unsigned else 0, q, scales,
+    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, UNSIGNED_ZP if unsigned else 0, q, scales,
                                  thresholds, row_scale)
     _raise_bad(bad, x, seg)
     return q, row_scale, scales, thresholds

@@ -362,6 +362,15 @@ def test_peg_range_split(tiny):
     assert range_optimal_bounds(np.array([1.0, 1.0, 1.0, 50.0]), 2).tolist() == [0, 3, 4]
 
 
+def _count_calls(monkeypatch, module, *names) -> list:
+    """Wrap module.name (each of names) so every call appends to the returned list."""
+    calls = []
+    for fn in names:
+        kernel = getattr(module, fn)
+        monkeypatch.setattr(module, fn, lambda *a, _k=kernel: calls.append(1) or _k(*a))
+    return calls
+
+
 @pytest.mark.parametrize("recipe", ["w8a8", "w8a8-mp", "peg", "peg:split=range", "w8a8:ff2bits=16", "peg:ff2bits=16"])
 def test_fused_linear_output_quantizer_is_bit_identical(tiny, recipe, monkeypatch):
     """Linear outputs quantized in the GEMM's epilogue pass change no bit of the output."""
@@ -370,10 +379,7 @@ def test_fused_linear_output_quantizer_is_bit_identical(tiny, recipe, monkeypatc
 
     qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
     b = tiny.tokenizer.encode(TINY_TEXTS)
-    calls = []
-    for fn in ("epilogue_quantize", "activation_quantize"):
-        kernel = getattr(fused, fn)
-        monkeypatch.setattr(fused, fn, lambda *a, _k=kernel: calls.append(1) or _k(*a))
+    calls = _count_calls(monkeypatch, fused, "epilogue_quantize", "activation_quantize")
     fused_out = qm.forward(b).last_hidden_state.copy()
     assert len(calls) == 6 * tiny.config.num_hidden_layers  # q, k, v, attention output, FF1, FF2 of every layer
     monkeypatch.setattr(QuantExecutor, "FUSE_LINEAR_QUANT", False)
@@ -389,9 +395,7 @@ def test_fused_residual_layer_norm_is_bit_identical(tiny, recipe, monkeypatch):
 
     qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
     b = tiny.tokenizer.encode(TINY_TEXTS)
-    calls = []
-    kernel = fused.residual_layer_norm_quantize
-    monkeypatch.setattr(fused, "residual_layer_norm_quantize", lambda *a: calls.append(1) or kernel(*a))
+    calls = _count_calls(monkeypatch, fused, "residual_layer_norm_quantize")
     fused_out = qm.forward(b).last_hidden_state.copy()
     assert len(calls) == 2 * tiny.config.num_hidden_layers  # both residual blocks of every layer took it
     monkeypatch.setattr(QuantExecutor, "FUSE_RESIDUAL_LN", False)
@@ -440,9 +444,7 @@ def test_gemm_dequant_and_unsigned_codes_are_bit_identical(tiny, recipe, monkeyp
 
     qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
     b = tiny.tokenizer.encode(TINY_TEXTS)
-    calls = []
-    kernel = kg.gemm_dequant
-    monkeypatch.setattr(kg, "gemm_dequant", lambda *a: calls.append(1) or kernel(*a))
+    calls = _count_calls(monkeypatch, kg, "gemm_dequant")
     out = qm.forward(b).last_hidden_state.copy()
     quads = sum(w.packed.layout == "quads" for w in qm.qweights.values())
     if recipe != "w8a8-mp":  # (w8a8-mp's linears write codes, not floats: linear_site)
