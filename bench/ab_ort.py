@@ -33,9 +33,10 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-CACHE = Path("/tmp/npbert-bench-e2e")
-MODELS = {"minilm": (Path("weights/all-MiniLM-L6-v2"), CACHE / "onnx" / "minilm"),
-          "bert-base": (CACHE / "bert-base-seed0", CACHE / "onnx" / "bert-base")}
+from bench_e2e import DEFAULT_CACHE, OrtEngine  # noqa: E402  (the same cache and session options)
+
+MODELS = {"minilm": (Path(__file__).resolve().parents[1] / "weights" / "all-MiniLM-L6-v2", DEFAULT_CACHE / "onnx" / "minilm"),
+          "bert-base": (DEFAULT_CACHE / "bert-base-seed0", DEFAULT_CACHE / "onnx" / "bert-base")}
 
 
 def main() -> int:
@@ -54,8 +55,6 @@ def main() -> int:
         sys.exit(f"{model_dir} or {onnx_path} missing: run `python bench/bench_e2e.py --models {args.model}` once first "
                  "(it writes the random BERT-base and the ONNX exports to that cache)")
 
-    import onnxruntime as ort
-
     from npbert._jit import set_num_threads
     from npbert.io.tokenizer import Batch
     from npbert.model import load_model
@@ -63,12 +62,7 @@ def main() -> int:
 
     set_num_threads(args.threads)
     qm = quantize_model(load_model(model_dir), args.recipe)
-    so = ort.SessionOptions()  # as bench_e2e's OrtEngine
-    so.intra_op_num_threads = args.threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    ort_engine = OrtEngine(onnx_path, args.threads)
 
     rng = np.random.default_rng(0)
     B, T = args.batch, 128
@@ -76,9 +70,8 @@ def main() -> int:
     ids[:, 0] = 101
     mask, types = np.ones((B, T), np.int64), np.zeros((B, T), np.int64)
     batch = Batch(ids, mask, types, np.zeros(B, bool))
-    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     engines = {f"npbert-{args.recipe}": lambda: qm.forward(batch).last_hidden_state,
-               "ort-int8": lambda: sess.run(["last_hidden_state"], feeds)[0]}
+               "ort-int8": ort_engine.bind(ids, mask, types)}
     ref = engines["ort-int8"]()
     got = engines[f"npbert-{args.recipe}"]()
     cos = float(np.sum(ref * got) / (np.linalg.norm(ref) * np.linalg.norm(got)))
