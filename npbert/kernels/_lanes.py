@@ -6,6 +6,9 @@ construction and write it here in IR:
 - f32_bits / f32_from_bits: a float32's bit pattern and back. numba has no scalar bit cast; with it
   exp's 2^n scale and an exact max through order-preserving integer keys (an integer max reduction
   vectorises) stay inside one loop.
+- fma32: a float32 fused multiply-add (llvm.fma.f32, one rounding). Explicit, never a contraction the
+  compiler chooses, so the bits are the same on every CPU (one without FMA units calls libm's fma);
+  the exp polynomial (fused._exp1) runs on it at half the instructions of mul + add.
 - sum4_f64 / sumsq4_f64: four float64 partial sums, lane j taking elements 4i + j in order of i, as
   one <4 x double> accumulator (vcvtps2pd + vaddpd). This is exactly the order of four scalar chains
   s_j += float64(x[4i + j]), so results are the same bits as that scalar code; LLVM's SLP pass did not
@@ -20,7 +23,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["f32_bits", "f32_from_bits", "sum4_f64", "sumsq4_f64"]
+__all__ = ["f32_bits", "f32_from_bits", "fma32", "sum4_f64", "sumsq4_f64"]
 
 
 @intrinsic
@@ -46,6 +49,17 @@ def f32_from_bits(typingctx, i):
             v = builder.trunc(v, ir.IntType(32))
         return builder.bitcast(v, ir.FloatType())
     return types.float32(i), codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """float32 a * b + c rounded once (IEEE fusedMultiplyAdd)."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(*args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 def _lane_sums(x, n4, square: bool):
