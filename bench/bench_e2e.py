@@ -508,15 +508,18 @@ def worker_memory(spec: dict) -> dict:
         # linear weight) with their row sums and scales, the int8 word table + row scales with emb=int8,
         # and the float rest (biases, LayerNorms, position / type tables, and the word table without
         # emb=int8).
-        res["int8_weight_bytes"] = sum(w.packed.panels.nbytes + sum(f.nbytes for f in w.packed.fixes)
-                                       + w.packed.row_sums.nbytes + w.scale.nbytes for w in qw.values())
+        # (the stacked query/key/value weights hold the bytes their three QWeights' panels view: counted
+        # once, through the parts; only the stack's own scales are added)
+        res["int8_weight_bytes"] = (sum(w.packed.panels.nbytes + sum(f.nbytes for f in w.packed.fixes)
+                                        + w.packed.row_sums.nbytes + w.scale.nbytes for w in qw.values())
+                                    + sum(w.scale.nbytes for w in qm.qkv_weights.values()))
         res["int8_embedding_bytes"] = sum(a.nbytes for a in qm.word_emb) if qm.word_emb is not None else 0
         res["float_param_bytes_rest"] = sum(a.nbytes for a in qm.params.values())
         res["int8_model_bytes"] = res["int8_weight_bytes"] + res["int8_embedding_bytes"] + res["float_param_bytes_rest"]
         res["fp32_linear_weight_bytes_kept"] = sum(a.nbytes for k, a in qm.params.items()
                                                    if k.endswith(".weight") and k[:-7] in qw)
         arrays = list(qm.params.values()) + (list(qm.word_emb) if qm.word_emb is not None else [])
-        for w in qw.values():
+        for w in [*qw.values(), *qm.qkv_weights.values()]:
             arrays += [w.scale, w.bias, w.packed.panels, w.packed.row_sums, *w.packed.fixes]
         res["npbert_resident_bytes"] = _unique_nbytes(arrays)
     else:

@@ -38,12 +38,15 @@ def layer_prefix(i: int) -> str:
     return f"encoder.layer.{i}"
 
 
+QKV_PROJECTIONS = ("query", "key", "value")  # the attention projections, prefix.attention.self.{name}
+
+
 def linear_names(cfg: BertConfig) -> list[str]:
     """Every linear layer of the encoder and head, in execution order."""
     names = []
     for i in range(cfg.num_hidden_layers):
         p = layer_prefix(i)
-        names += [f"{p}.attention.self.query", f"{p}.attention.self.key", f"{p}.attention.self.value"]
+        names += [f"{p}.attention.self.{n}" for n in QKV_PROJECTIONS]
         names += [f"{p}.attention.output.dense", f"{p}.intermediate.dense", f"{p}.output.dense"]
     names += head_linear_names(cfg)
     return names
@@ -191,6 +194,11 @@ class Executor:
         the two)."""
         return self.site(out_site, self.linear(name, x, in_site, act))
 
+    def qkv(self, prefix: str, x, in_site: str):
+        """The attention's query, key and value projections of x [B, T, C]: the values of sites
+        prefix.{query,key,value}.out (executors may run the three as one GEMM)."""
+        return tuple(self.linear_site(f"{prefix}.{n}", x, in_site, f"{prefix}.{n}.out") for n in QKV_PROJECTIONS)
+
     def attention(self, prefix: str, q, k, v, bias: np.ndarray):
         """q, k, v [B, T, C] (values) -> context [B, T, C] as float32."""
         h = self.cfg.num_attention_heads
@@ -305,8 +313,7 @@ def encoder_forward(
     in_site = "embeddings.LayerNorm.out"
     for i in range(cfg.num_hidden_layers):
         p = layer_prefix(i)
-        q, k, v = (ex.linear_site(f"{p}.attention.self.{n}", x, in_site, f"{p}.attention.self.{n}.out")
-                   for n in ("query", "key", "value"))
+        q, k, v = ex.qkv(f"{p}.attention.self", x, in_site)
         ctx = ex.site(f"{p}.attention.output.dense.in", ex.attention(f"{p}.attention.self", q, k, v, bias))
         a = ex.linear_site(f"{p}.attention.output.dense", ctx, f"{p}.attention.output.dense.in", f"{p}.attention.output.dense.out")
         x1 = ex.add_layer_norm(f"{p}.attention.output.residual", f"{p}.attention.output.LayerNorm", a, x)

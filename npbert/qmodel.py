@@ -35,7 +35,7 @@ from npbert.kernels import fused
 from npbert.kernels import gemm as kg
 from npbert.kernels import quantize as kq
 from npbert.kernels import reference as kref
-from npbert.model import Executor, Model, Output, linear_names, layer_prefix
+from npbert.model import QKV_PROJECTIONS, Executor, Model, Output, linear_names, layer_prefix
 from npbert.quant import peg
 from npbert.quant.estimators import ESTIMATORS, make_estimator
 from npbert.quant.qparams import QParams, check_bits, qparams_from_range
@@ -368,6 +368,9 @@ class QuantExecutor(Executor):
     # A linear's dynamic input codes written as uint8 (codes + 128, zero point kq.UNSIGNED_ZP): the quad GEMM's
     # own operand, read without the converting copy int8 codes need. Bit-identical; a switch for A/B.
     DYN_UNSIGNED_CODES = True
+    # Query, key and value as one GEMM over the stacked weight (qkv): one input read, one dispatch,
+    # N = 3C. Bit-identical (the same panels and epilogue per column); a switch for A/B.
+    FUSE_QKV = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -377,12 +380,14 @@ class QuantExecutor(Executor):
         self.PARALLEL_FLOAT_KERNELS = not simulate
         self._dyn_cache: dict[str, tuple] = {}
         self._seg_cache: dict[tuple, tuple] = {}
+        self._columns: dict[int, tuple] = {}  # id(view) -> (view, parent, c0): qkv's column views
         self._last_layer = layer_prefix(qm.config.num_hidden_layers - 1) + "."
 
     def begin(self, attention_mask):
         super().begin(attention_mask)
         self._dyn_cache = {}
         self._seg_cache = {}
+        self._columns = {}
 
     def word_rows(self, ids):
         emb = self.qm.word_emb
@@ -428,13 +433,22 @@ class QuantExecutor(Executor):
         heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
         key = f"{name}@{id(x)}@{unsigned}@{heads}"
         if key not in self._dyn_cache:
-            x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+            M = math.prod(x.shape[:-1])
             rows_per_seq = x.shape[1] if x.ndim == 3 else 1
-            seg_key = (x.ndim, rows_per_seq, x2.shape[0])  # (the mask is the forward's: one per shape)
+            seg_key = (x.ndim, rows_per_seq, M)  # (the mask is the forward's: one per shape)
             segs = self._seg_cache.get(seg_key)
             if segs is None:
-                segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, x2.shape[0])
+                segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, M)
             seg, valid = segs
+            col = self._columns.get(id(x)) if heads else None
+            if col is not None and col[0] is x:  # a column block of qkv's output: read in place
+                B, T, C = x.shape
+                q, row_scale, _s, _t = kq.quantize_dynamic_heads(
+                    col[1], heads, seg, valid, spec.bits, spec.tmiqr,
+                    self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(col[2], col[2] + C))
+                self._dyn_cache[key] = (q, row_scale, x)
+                return q, row_scale
+            x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
             if self.sim:
                 q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
                 row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
@@ -515,6 +529,28 @@ class QuantExecutor(Executor):
             acc, rs = self._accumulate(codes, qp, row_scale, w)
             q = fused.epilogue_quantize(acc, rs, w.scale, w.bias, act, grid)
         return QTensor(q.reshape(*lead, N), oqp)
+
+    def qkv(self, prefix, x, in_site):
+        """query, key and value as one GEMM with the stacked weight (qm.qkv_weights) where all three are
+        plain linears: integer input codes, no static output site, no simulation. One input read and
+        one dispatch instead of three; q, k, v are column views of the [.., 3C] output, which the
+        dynamic head quantizer reads in place (_dynamic). Bit-identical to the three linears."""
+        w = self.qm.qkv_weights.get(prefix) if (self.FUSE_QKV and not self.sim) else None
+        names = [f"{prefix}.{n}" for n in QKV_PROJECTIONS]
+        if w is None or any(n + ".out" in self.qm.site_qparams for n in names):
+            return super().qkv(prefix, x, in_site)
+        inp = self._input_codes(x, in_site)
+        if inp is None:  # float input (W8A32): the three BLAS linears
+            return super().qkv(prefix, x, in_site)
+        lead, codes, qp, row_scale = inp
+        y = self._matmul(codes, qp, row_scale, w, None, prefix + ".qkv").reshape(*lead, w.packed.n)  # [.., 3C]
+        C = w.packed.n // 3
+        outs = []
+        for i, n in enumerate(names):
+            view = y[..., i * C:(i + 1) * C]
+            self._columns[id(view)] = (view, y, i * C)  # (the view kept alive: its id stays unique)
+            outs.append(self.site(n + ".out", view))
+        return tuple(outs)
 
     def _input_codes(self, x, in_site: str):
         """A linear's input as integer codes: (lead shape, codes [M, K], static QParams or None, dynamic
@@ -817,6 +853,7 @@ class QuantizedModel(Model):
         self.site_qparams: dict[str, QParams] = {}
         self.perm: np.ndarray | None = None
         self.qweights: dict[str, QWeight] = {}
+        self.qkv_weights: dict[str, QWeight] = {}  # per attention prefix: query, key, value stacked (_fuse_qkv)
         self.word_emb: tuple[np.ndarray, np.ndarray] | None = None  # (int8 [V, C], float32 [V]) with emb=int8
         self.calibrated = False
         self.float_weights_released = False
@@ -948,6 +985,24 @@ class QuantizedModel(Model):
         # copies, not views: the quantized model must not pin the FP32 checkpoint's memory map
         self.params = {k: np.array(v, copy=True) for k, v in self.params.items() if k not in drop}
         self.float_weights_released = True
+        self._fuse_qkv()
+
+    def _fuse_qkv(self) -> None:
+        """Each layer's query, key and value weights stacked [3C, C] in qkv_weights, for one GEMM where
+        the three are plain linears (QuantExecutor.qkv). The stack holds the bytes and the three
+        QWeights read views of it (kernels.gemm.concat_packed), so the model stays one byte per weight.
+        Layers whose three weights cannot stack (a width not a multiple of the panel width) are left out."""
+        self.qkv_weights = {}
+        for i in range(self.config.num_hidden_layers):
+            prefix = f"{layer_prefix(i)}.attention.self"
+            parts = [self.qweights.get(f"{prefix}.{n}") for n in QKV_PROJECTIONS]
+            if any(w is None for w in parts) or len({w.bias is None for w in parts}) != 1:
+                continue
+            packs = [w.packed for w in parts]
+            if any((p.k, p.layout) != (packs[0].k, packs[0].layout) or p.n % kg.NR for p in packs):
+                continue
+            bias = None if parts[0].bias is None else np.concatenate([w.bias for w in parts])
+            self.qkv_weights[prefix] = QWeight(np.concatenate([w.scale for w in parts]), bias, kg.concat_packed(packs))
 
     # ---- save / load
     def save(self, out_dir: str | Path) -> Path:
@@ -1231,6 +1286,7 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
         raise QuantError(f"{meta_file}: QParams for unknown sites {sorted(unknown)[:3]}; the file does not match the model")
     qm.perm = np.array(t["peg.perm"]) if "peg.perm" in t else None
     qm.qweights = qweights
+    qm._fuse_qkv()
     qm.word_emb = word_emb
     qm.float_weights_released = True
     qm.calibrated = True

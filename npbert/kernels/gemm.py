@@ -54,6 +54,7 @@ from npbert.kernels.fused import ACT_CODES, activation, epilogue, row_scales
 __all__ = [
     "PackedInt8Weight",
     "pack_int8_weight",
+    "concat_packed",
     "gemm_s8s8",
     "gemm_u8s8",
     "gemm_s16s8",
@@ -248,6 +249,39 @@ def pack_int8_weight(w, layout: str = "auto") -> PackedInt8Weight:
     "auto" (quads on AVX2 where at most QUAD_FIX_MAX of the weights need a fix, else pairs), "pairs"
     or "quads" (AVX2 only; any int8 weight, however many fixes it needs)."""
     return PackedInt8Weight(w, layout)
+
+
+def concat_packed(parts: list[PackedInt8Weight]) -> PackedInt8Weight:
+    """The weights stacked along N, [sum N_i, K], as one PackedInt8Weight whose bytes the parts then
+    share: each part's panels, row sums and fixes become views of the result's (one copy of the bytes,
+    as before). For one GEMM in place of several over the same input (attention's query, key and
+    value). The parts need the same K and layout and each N a multiple of the panel width NR, so that
+    their panels stack whole; every GEMM with the result equals the parts' GEMMs side by side, bit for
+    bit (the same panels, fixes and sums, in the same order)."""
+    if not parts or any(not isinstance(p, PackedInt8Weight) for p in parts):
+        raise QuantError("concat_packed: pass a non-empty list of PackedInt8Weight")
+    p0 = parts[0]
+    if any((p.k, p.layout) != (p0.k, p0.layout) for p in parts) or any(p.n % NR for p in parts):
+        raise QuantError(f"concat_packed: parts need one K and layout and N a multiple of {NR}; got "
+                         f"{[(p.n, p.k, p.layout) for p in parts]}")
+    fused = PackedInt8Weight.__new__(PackedInt8Weight)
+    fused.n, fused.k, fused.kp, fused.kq, fused.layout = sum(p.n for p in parts), p0.k, p0.kp, p0.kq, p0.layout
+    fused.panels = np.concatenate([p.panels for p in parts])
+    fused.row_sums = np.concatenate([p.row_sums for p in parts])
+    fused._groups = {}
+    fused.fixes = _NO_FIXES
+    if p0.layout == "quads":  # panel starts shift by the fixes before each part; the rest concatenates
+        counts = np.cumsum([0] + [p.fixes[3].size for p in parts])
+        starts = np.concatenate([p.fixes[0][:-1] + c for p, c in zip(parts, counts)] + [counts[-1:]]).astype(np.int64)
+        fused.fixes = (starts, *(np.concatenate([p.fixes[i] for p in parts]).astype(np.int64) for i in (1, 2, 3)))
+    o = n0 = 0
+    for i, p in enumerate(parts):  # the parts read the result's bytes from now on
+        p.panels, o = fused.panels[o:o + p.panels.size], o + p.panels.size
+        p.row_sums, n0 = fused.row_sums[n0:n0 + p.n], n0 + p.n
+        if p0.layout == "quads":
+            f0, f1 = int(counts[i]), int(counts[i + 1])
+            p.fixes = (p.fixes[0], *(fused.fixes[j][f0:f1] for j in (1, 2, 3)))
+    return fused
 
 
 def _as_packed(w) -> PackedInt8Weight:

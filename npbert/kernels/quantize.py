@@ -113,15 +113,15 @@ def _code(v, sc, t, fq):
 
 
 @jit(parallel=True)
-def _dynamic_scales(x, seg, valid, tmiqr, qmax, scales, thresholds, row_scale):
-    """The statistics half of dynamic quantization: per-row abs-max (parallel), per-segment threshold
-    and scale (_segment_stats), row_scale[m] = scales[segment of row m]. Returns (-1 or
-    _segment_stats' error code, each row's segment int64 [M]).   # x float32 [M, K]"""
+def _dynamic_scales(x, c0, c1, seg, valid, tmiqr, qmax, scales, thresholds, row_scale):
+    """The statistics half of dynamic quantization of x[:, c0:c1]: per-row abs-max (parallel),
+    per-segment threshold and scale (_segment_stats), row_scale[m] = scales[segment of row m]. Returns
+    (-1 or _segment_stats' error code, each row's segment int64 [M]).   # x float32 [M, >= c1]"""
     M = x.shape[0]
     xi = x.view(np.int32)  # [M, K] the float32 bits
     row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
     for m in prange(M):
-        row_bits[m] = _absmax_bits_row(xi[m])
+        row_bits[m] = _absmax_bits_row(xi[m, c0:c1])
     row_seg = np.empty(M, dtype=np.int64)
     bad = _segment_stats(row_bits.view(np.float32), row_bits, seg, valid, tmiqr, qmax, scales, thresholds)
     if bad == -1:
@@ -138,7 +138,7 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, threshold
     overhead of three kernels cost as much as their work).   # x float32 [M, K] -> q [M, K] (+ off),
     scales / thresholds float32 [S], row_scale float32 [M] (each row's segment scale).
     Returns -1, or _segment_stats' error code (-2 bad segments, or a row holding NaN/Inf)."""
-    bad, row_seg = _dynamic_scales(x, seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
+    bad, row_seg = _dynamic_scales(x, 0, x.shape[1], seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
     if bad != -1:
         return bad
     fq = np.float32(qmax)
@@ -149,20 +149,21 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, threshold
 
 
 @jit(parallel=True)
-def _quantize_dynamic_heads_core(x, seg, valid, tmiqr, qmax, heads, T, q, scales, thresholds, row_scale):
-    """_quantize_dynamic_core with the codes head-major: x's rows are sequences of T tokens (m = b*T + t)
-    and q is [B*heads*T, d] ([B, heads, T, d]): head hh of row m goes to q row (b*heads + hh)*T + t."""
-    bad, row_seg = _dynamic_scales(x, seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
+def _quantize_dynamic_heads_core(x, c0, c1, seg, valid, tmiqr, qmax, heads, T, q, scales, thresholds, row_scale):
+    """_quantize_dynamic_core of x[:, c0:c1] with the codes head-major: x's rows are sequences of T
+    tokens (m = b*T + t) and q is [B*heads*T, d] ([B, heads, T, d]): head hh of row m goes to q row
+    (b*heads + hh)*T + t."""
+    bad, row_seg = _dynamic_scales(x, c0, c1, seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
     if bad != -1:
         return bad
     M = x.shape[0]
     fq = np.float32(qmax)
-    d = x.shape[1] // heads
+    d = (c1 - c0) // heads
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        row = np.empty(x.shape[1], dtype=q.dtype)  # one row's codes, then scattered head by head
+        row = np.empty(c1 - c0, dtype=q.dtype)  # one row's codes, then scattered head by head
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
             s = row_seg[m]
-            _quantize_row(x[m], scales[s], thresholds[s], fq, 0, row)  # whole rows vectorise; 32-wide heads less so
+            _quantize_row(x[m, c0:c1], scales[s], thresholds[s], fq, 0, row)  # whole rows vectorise; 32-wide heads less so
             b, t = m // T, m % T
             for hh in range(heads):
                 q[(b * heads + hh) * T + t, :] = row[hh * d:(hh + 1) * d]
@@ -242,15 +243,25 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
     return q, row_scale, scales, thresholds
 
 
-def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None):
+def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None,
+                           columns: tuple[int, int] | None = None):
     """quantize_dynamic_rows of x float32 [B, T, C] (rows b*T + t) with the codes written head-major:
     (q int8 [B, heads, T, C/heads], row_scale float32 [B*T], scales [S], thresholds [S]), equal to
     quantize_dynamic_rows' codes reshaped [B, T, heads, d] and transposed to [B, heads, T, d], which
     is what the attention GEMMs read, without that transposing copy. bits <= 8.
-    out: an int8 [B, heads, T, d] C-contiguous array to write the codes into, else a new one."""
+    out: an int8 [B, heads, T, d] C-contiguous array to write the codes into, else a new one.
+    columns=(c0, c1): quantize x[..., c0:c1] of x [B, T, W] as that tensor, read in place (a column
+    block of one GEMM's output: query, key and value from the fused projection)."""
     x = C.array(x, "x", (np.float32,), 3)
     heads = C.int_arg(heads, "heads")
-    B, T, Cw = x.shape
+    B, T, W = x.shape
+    if columns is None:
+        c0, c1 = 0, W
+    else:
+        c0, c1 = (C.int_arg(c, "columns") for c in columns)
+        if not 0 <= c0 < c1 <= W:
+            raise InputError(f"columns={columns}: pass (c0, c1) with 0 <= c0 < c1 <= {W}, the width of x")
+    Cw = c1 - c0
     if heads < 1 or Cw % heads:
         raise InputError(f"heads={heads} must be positive and divide the width C={Cw}")
     bits = C.int_arg(bits, "bits")
@@ -259,15 +270,15 @@ def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int 
     d = Cw // heads
     out = C.out_array(out, (B, heads, T, d), np.dtype(np.int8), "quantize_dynamic_heads", (x,))
     q2 = out.reshape(B * heads * T, d)
-    x2 = C.as_c(x).reshape(B * T, Cw)
+    x2 = C.as_c(x).reshape(B * T, W)
     seg, valid = _dynamic_args(x2, seg_starts, row_valid)
     S = seg.size - 1
     row_scale = np.empty(B * T, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_heads_core(x2, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, heads, T, q2, scales,
+    bad = _quantize_dynamic_heads_core(x2, c0, c1, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, heads, T, q2, scales,
                                        thresholds, row_scale)
-    _raise_bad(bad, x2, seg, "quantize_dynamic_heads", T)
+    _raise_bad(bad, x2[:, c0:c1], seg, "quantize_dynamic_heads", T)
     return out, row_scale, scales, thresholds
 
 

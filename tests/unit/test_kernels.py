@@ -738,6 +738,18 @@ def test_quantize_dynamic_heads_is_the_transposed_rows(tmiqr):
         _eq(rsh, rs)
         _eq(sh, s)
         _eq(th, t)
+    # a column block of a wider array (query, key, value from one GEMM), read in place: the same as
+    # that block copied out
+    wide = np.concatenate([x * 7, x, x[..., :12] * 0.5], axis=-1)  # [B, T, 2C + 12]
+    for cols, ref_x in (((C, 2 * C), x), ((0, C), x * 7), ((2 * C, 2 * C + 12), x[..., :12] * 0.5)):
+        hh = h if ref_x.shape[-1] == C else 3
+        ref = quantize_dynamic_heads(np.ascontiguousarray(ref_x), hh, seg, valid, tmiqr=tmiqr)
+        got = quantize_dynamic_heads(wide, hh, seg, valid, tmiqr=tmiqr, columns=cols)
+        for g, r in zip(got, ref):
+            _eq(g, r)
+    for cols in ((0, 0), (-1, 5), (C, 3 * C)):
+        with pytest.raises(InputError, match="columns"):
+            quantize_dynamic_heads(wide, h, seg, columns=cols)
     with pytest.raises(InputError, match="divide"):
         quantize_dynamic_heads(x, 5, seg)
     with pytest.raises(QuantError, match="bits"):
@@ -1021,6 +1033,39 @@ def test_gemm_dequant_bit_identical(m, n, k, layout):
     out = np.full((m, n), np.nan, np.float32)
     assert G.gemm_dequant(a8, 0, pw, rs, ws, b, out=out) is out
     _eq(out, _dequant_ref(R.gemm_s8s8_ref(a8, w), rs, ws, b))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_concat_packed_is_the_parts_side_by_side(layout):
+    """Stacked weights (attention's q, k, v in one GEMM) give the parts' GEMMs side by side bit for bit,
+    8-bit quad fixes included; afterwards the parts read views of the stack (one copy of the bytes)
+    and still unpack to themselves; parts that cannot stack whole panels are refused."""
+    rng = _rng(41)
+    ws = [_i8(rng, (n, 70)) for n in (32, 16, 48)]  # uniform 8-bit codes: quads carry many fixes
+    parts = [pack_int8_weight(w, layout) for w in ws]
+    fused = G.concat_packed(parts)
+    w_all = np.concatenate(ws)
+    assert fused.shape == (96, 70) and np.array_equal(fused.w, w_all)
+    a8, au = _i8(rng, (9, 70)), _u8(rng, (9, 70))
+    _eq(gemm_s8s8(a8, fused), R.gemm_s8s8_ref(a8, w_all))
+    _eq(gemm_u8s8(au, 77, fused), R.gemm_u8s8_ref(au, 77, w_all))
+    scale = rng.uniform(1e-4, 1e-1, 96).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    rs = rng.uniform(1e-5, 1e-2, 9).astype(np.float32)
+    y = G.gemm_dequant(au, 77, fused, rs, scale, b)
+    n0 = 0
+    for w, p in zip(ws, parts):
+        n1 = n0 + w.shape[0]
+        assert np.shares_memory(p.panels, fused.panels) and np.array_equal(p.w, w)
+        _eq(gemm_u8s8(au, 77, p), R.gemm_u8s8_ref(au, 77, w))
+        _eq(G.gemm_dequant(au, 77, p, rs, scale[n0:n1], b[n0:n1]), y[:, n0:n1])
+        n0 = n1
+    with pytest.raises(QuantError, match="multiple of"):
+        G.concat_packed([pack_int8_weight(_i8(rng, (16, 8)), layout), pack_int8_weight(_i8(rng, (5, 8)), layout)])
+    with pytest.raises(QuantError, match="one K"):
+        G.concat_packed([pack_int8_weight(_i8(rng, (16, 8)), layout), pack_int8_weight(_i8(rng, (16, 9)), layout)])
+    with pytest.raises(QuantError, match="non-empty"):
+        G.concat_packed([])
 
 
 def test_gemm_dequant_bad_arguments():

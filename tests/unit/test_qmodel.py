@@ -82,6 +82,39 @@ def test_integer_path_matches_simulation_minilm(minilm_dir, recipe):
     assert d_int <= 3 * SIM_BUDGET * d_q, (d_int, d_q, per_seq)
 
 
+@pytest.mark.realmodel
+@pytest.mark.parametrize("recipe", ["dynamic", "tm-iqr", "dynamic:weights=channel"])
+def test_fused_qkv_is_bit_identical_and_shares_the_weight_bytes(minilm_dir, recipe, monkeypatch, tmp_path):
+    """all-MiniLM-L6-v2 (C = 384: whole panels) runs query, key and value as one GEMM over the stacked
+    weight: outputs equal the three linears' bit for bit, two GEMMs a layer fewer ran, and the stack
+    holds the bytes the three QWeights read (the model stays one byte per weight). A saved and
+    reloaded model stacks them again."""
+    from npbert.kernels import gemm as kg
+    from npbert.qmodel import QuantExecutor
+
+    m = load_model(minilm_dir)
+    qm = quantize_model(m, recipe)
+    L = m.config.num_hidden_layers
+    assert len(qm.qkv_weights) == L
+    for prefix, w in qm.qkv_weights.items():
+        parts = [qm.qweights[f"{prefix}.{n}"] for n in ("query", "key", "value")]
+        assert all(np.shares_memory(p.packed.panels, w.packed.panels) for p in parts)
+        assert sum(p.packed.panels.nbytes for p in parts) == w.packed.panels.nbytes
+    b = m.tokenizer.encode(REAL_TEXTS[:3])
+    layer_gemms = ["gemm_s8s8", "gemm_u8s8", "gemm_dequant"]
+    calls = _count_calls(monkeypatch, kg, *layer_gemms)
+    out = qm.forward(b).last_hidden_state.copy()
+    fused_calls = len(calls)
+    monkeypatch.setattr(QuantExecutor, "FUSE_QKV", False)
+    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+    assert len(calls) - 2 * fused_calls == 2 * L  # unfused: two more linears a layer
+    if recipe == "dynamic":
+        re = load_quantized(qm.save(tmp_path / "q"))
+        assert len(re.qkv_weights) == L
+        monkeypatch.setattr(QuantExecutor, "FUSE_QKV", True)
+        np.testing.assert_array_equal(re.forward(b).last_hidden_state, out)
+
+
 def test_fold_permutation_keeps_fp32_outputs(tiny):
     from npbert.quant.peg import inverse_permutation
 
@@ -367,7 +400,7 @@ def _count_calls(monkeypatch, module, *names) -> list:
     calls = []
     for fn in names:
         kernel = getattr(module, fn)
-        monkeypatch.setattr(module, fn, lambda *a, _k=kernel: calls.append(1) or _k(*a))
+        monkeypatch.setattr(module, fn, lambda *a, _k=kernel, **kw: calls.append(1) or _k(*a, **kw))
     return calls
 
 
