@@ -508,11 +508,11 @@ def worker_memory(spec: dict) -> dict:
         # linear weight) with their row sums and scales, the int8 word table + row scales with emb=int8,
         # and the float rest (biases, LayerNorms, position / type tables, and the word table without
         # emb=int8).
-        # (the stacked query/key/value weights hold the bytes their three QWeights' panels view: counted
-        # once, through the parts; only the stack's own scales are added)
+        # (the stacked query/key/value weights hold the bytes their three QWeights view: counted once,
+        # through the parts; only the stacks' own panel starts are added)
         res["int8_weight_bytes"] = (sum(w.packed.panels.nbytes + sum(f.nbytes for f in w.packed.fixes)
                                         + w.packed.row_sums.nbytes + w.scale.nbytes for w in qw.values())
-                                    + sum(w.scale.nbytes for w in qm.qkv_weights.values()))
+                                    + sum(w.packed.fixes[0].nbytes for w in qm.qkv_weights.values()))
         res["int8_embedding_bytes"] = sum(a.nbytes for a in qm.word_emb) if qm.word_emb is not None else 0
         res["float_param_bytes_rest"] = sum(a.nbytes for a in qm.params.values())
         res["int8_model_bytes"] = res["int8_weight_bytes"] + res["int8_embedding_bytes"] + res["float_param_bytes_rest"]

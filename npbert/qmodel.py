@@ -427,7 +427,8 @@ class QuantExecutor(Executor):
         unsigned (a linear's input, 8 bits or fewer, integer kernels): the codes + 128 as uint8, zero point
         kq.UNSIGNED_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True)).
         heads (an attention operand x [B, T, C], 8 bits or fewer, integer kernels): the codes head-major,
-        int8 [B, heads, T, C/heads] (quantize_dynamic_heads)."""
+        int8 [B, heads, T, C/heads] (quantize_dynamic_heads); a column view from qkv() is read in
+        place from its [B, T, 3C] parent (the _columns registry), without a contiguous copy."""
         # (uint8 codes check the u8s8 K bound, half the s8s8 one: longer rows keep int8 codes)
         unsigned = unsigned and spec.bits <= 8 and not self.sim and x.shape[-1] <= kg.K_MAX_U8S8
         heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
@@ -990,8 +991,10 @@ class QuantizedModel(Model):
     def _fuse_qkv(self) -> None:
         """Each layer's query, key and value weights stacked [3C, C] in qkv_weights, for one GEMM where
         the three are plain linears (QuantExecutor.qkv). The stack holds the bytes and the three
-        QWeights read views of it (kernels.gemm.concat_packed), so the model stays one byte per weight.
-        Layers whose three weights cannot stack (a width not a multiple of the panel width) are left out."""
+        QWeights read views of it (kernels.gemm.concat_packed; their scales and biases too), so the
+        model stays one byte per weight. Layers whose three weights cannot stack are left out: a width
+        not a multiple of the panel width, different panel layouts ("auto" picks per weight), or a
+        bias on some of the three only. Derived from qweights: rebuild after replacing any of them."""
         self.qkv_weights = {}
         for i in range(self.config.num_hidden_layers):
             prefix = f"{layer_prefix(i)}.attention.self"
@@ -1002,7 +1005,13 @@ class QuantizedModel(Model):
             if any((p.k, p.layout) != (packs[0].k, packs[0].layout) or p.n % kg.NR for p in packs):
                 continue
             bias = None if parts[0].bias is None else np.concatenate([w.bias for w in parts])
-            self.qkv_weights[prefix] = QWeight(np.concatenate([w.scale for w in parts]), bias, kg.concat_packed(packs))
+            stack = self.qkv_weights[prefix] = QWeight(np.concatenate([w.scale for w in parts]), bias, kg.concat_packed(packs))
+            n0 = 0
+            for w in parts:  # views of the stack: one copy of the scales and biases as of the bytes
+                n1 = n0 + w.packed.n
+                w.scale = stack.scale[n0:n1]
+                w.bias = None if bias is None else stack.bias[n0:n1]
+                n0 = n1
 
     # ---- save / load
     def save(self, out_dir: str | Path) -> Path:

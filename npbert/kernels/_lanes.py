@@ -7,8 +7,10 @@ construction and write it here in IR:
   exp's 2^n scale and an exact max through order-preserving integer keys (an integer max reduction
   vectorises) stay inside one loop.
 - fma32: a float32 fused multiply-add (llvm.fma.f32, one rounding). Explicit, never a contraction the
-  compiler chooses, so the bits are the same on every CPU (one without FMA units calls libm's fma);
-  the exp polynomial (fused._exp1) runs on it at half the instructions of mul + add.
+  compiler chooses, so the bits are the same on every CPU; the exp polynomial (fused._exp1) runs on
+  it at half the instructions of mul + add. A CPU without FMA units (none with AVX2 that npbert's
+  byte kernel targets; x86 before Haswell / Piledriver) gets libm's fmaf per call instead: the same
+  results, unvectorised and far slower.
 - sum4_f64 / sumsq4_f64: four float64 partial sums, lane j taking elements 4i + j in order of i, as
   one <4 x double> accumulator (vcvtps2pd + vaddpd). This is exactly the order of four scalar chains
   s_j += float64(x[4i + j]), so results are the same bits as that scalar code; LLVM's SLP pass did not

@@ -118,7 +118,7 @@ def _dynamic_scales(x, c0, c1, seg, valid, tmiqr, qmax, scales, thresholds, row_
     per-segment threshold and scale (_segment_stats), row_scale[m] = scales[segment of row m]. Returns
     (-1 or _segment_stats' error code, each row's segment int64 [M]).   # x float32 [M, >= c1]"""
     M = x.shape[0]
-    xi = x.view(np.int32)  # [M, K] the float32 bits
+    xi = x.view(np.int32)  # [M, W] the float32 bits
     row_bits = np.empty(M, dtype=np.int32)  # [M] |x| max per row, as float32 bits
     for m in prange(M):
         row_bits[m] = _absmax_bits_row(xi[m, c0:c1])
@@ -258,6 +258,8 @@ def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int 
     if columns is None:
         c0, c1 = 0, W
     else:
+        if len(columns) != 2:
+            raise InputError(f"columns={columns}: pass a pair (c0, c1)")
         c0, c1 = (C.int_arg(c, "columns") for c in columns)
         if not 0 <= c0 < c1 <= W:
             raise InputError(f"columns={columns}: pass (c0, c1) with 0 <= c0 < c1 <= {W}, the width of x")

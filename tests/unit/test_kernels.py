@@ -747,9 +747,15 @@ def test_quantize_dynamic_heads_is_the_transposed_rows(tmiqr):
         got = quantize_dynamic_heads(wide, hh, seg, valid, tmiqr=tmiqr, columns=cols)
         for g, r in zip(got, ref):
             _eq(g, r)
-    for cols in ((0, 0), (-1, 5), (C, 3 * C)):
+    for cols in ((0, 0), (-1, 5), (C, 3 * C), (0, C, 2 * C)):
         with pytest.raises(InputError, match="columns"):
             quantize_dynamic_heads(wide, h, seg, columns=cols)
+    # a NaN outside the block is not the block's business; inside it is reported at its token
+    nan = wide.copy()
+    nan[2, 4, 0] = np.nan  # in the first block
+    quantize_dynamic_heads(nan, h, seg, columns=(C, 2 * C))
+    with pytest.raises(InputError, match="quantize_dynamic_heads: NaN in sequence 2, token 4"):
+        quantize_dynamic_heads(nan, h, seg, columns=(0, C))
     with pytest.raises(InputError, match="divide"):
         quantize_dynamic_heads(x, 5, seg)
     with pytest.raises(QuantError, match="bits"):
@@ -1043,12 +1049,16 @@ def test_concat_packed_is_the_parts_side_by_side(layout):
     rng = _rng(41)
     ws = [_i8(rng, (n, 70)) for n in (32, 16, 48)]  # uniform 8-bit codes: quads carry many fixes
     parts = [pack_int8_weight(w, layout) for w in ws]
+    if layout == "quads":  # every part carries fixes: the stack's panel starts must shift by them
+        assert all(p.fixes[3].size for p in parts)
     fused = G.concat_packed(parts)
     w_all = np.concatenate(ws)
     assert fused.shape == (96, 70) and np.array_equal(fused.w, w_all)
     a8, au = _i8(rng, (9, 70)), _u8(rng, (9, 70))
+    a16 = rng.integers(-32768, 32768, (9, 70)).astype(np.int16)
     _eq(gemm_s8s8(a8, fused), R.gemm_s8s8_ref(a8, w_all))
     _eq(gemm_u8s8(au, 77, fused), R.gemm_u8s8_ref(au, 77, w_all))
+    _eq(G.gemm_s16s8(a16, fused), R.gemm_s16s8_ref(a16, w_all))  # (quads: through the stack's pair repack)
     scale = rng.uniform(1e-4, 1e-1, 96).astype(np.float32)
     b = rng.standard_normal(96).astype(np.float32)
     rs = rng.uniform(1e-5, 1e-2, 9).astype(np.float32)
@@ -1057,6 +1067,7 @@ def test_concat_packed_is_the_parts_side_by_side(layout):
     for w, p in zip(ws, parts):
         n1 = n0 + w.shape[0]
         assert np.shares_memory(p.panels, fused.panels) and np.array_equal(p.w, w)
+        _eq(gemm_s8s8(a8, p), R.gemm_s8s8_ref(a8, w))
         _eq(gemm_u8s8(au, 77, p), R.gemm_u8s8_ref(au, 77, w))
         _eq(G.gemm_dequant(au, 77, p, rs, scale[n0:n1], b[n0:n1]), y[:, n0:n1])
         n0 = n1

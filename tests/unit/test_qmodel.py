@@ -99,6 +99,7 @@ def test_fused_qkv_is_bit_identical_and_shares_the_weight_bytes(minilm_dir, reci
     for prefix, w in qm.qkv_weights.items():
         parts = [qm.qweights[f"{prefix}.{n}"] for n in ("query", "key", "value")]
         assert all(np.shares_memory(p.packed.panels, w.packed.panels) for p in parts)
+        assert all(np.shares_memory(p.scale, w.scale) and np.shares_memory(p.bias, w.bias) for p in parts)
         assert sum(p.packed.panels.nbytes for p in parts) == w.packed.panels.nbytes
     b = m.tokenizer.encode(REAL_TEXTS[:3])
     layer_gemms = ["gemm_s8s8", "gemm_u8s8", "gemm_dequant"]
@@ -113,6 +114,46 @@ def test_fused_qkv_is_bit_identical_and_shares_the_weight_bytes(minilm_dir, reci
         assert len(re.qkv_weights) == L
         monkeypatch.setattr(QuantExecutor, "FUSE_QKV", True)
         np.testing.assert_array_equal(re.forward(b).last_hidden_state, out)
+
+
+@pytest.fixture(scope="module")
+def tiny32(tiny):
+    """tiny-bert widened to C = 32 (4 heads), random weights of the same scale per tensor: whole
+    16-column panels, so query, key and value stack (the golden C = 30 does not)."""
+    from npbert.config import BertConfig
+    from npbert.model import Model
+
+    rng = np.random.default_rng(32)
+    d = tiny.config.to_dict()
+    d.update(hidden_size=32, num_attention_heads=4)
+    params = {k: (rng.standard_normal(tuple(32 if n == 30 else n for n in v.shape)) * v.std() + v.mean()).astype(np.float32)
+              for k, v in tiny.params.items()}
+    return Model(BertConfig.from_dict(d), params, tiny.tokenizer, tiny.pooling, "tiny32")
+
+
+@pytest.mark.parametrize("recipe,overrides", [
+    ("dynamic", ()), ("tm-iqr", ()), ("dynamic:wbits=7", ()), ("dynamic:weights=channel", ()),
+    ("dynamic", ("*LayerNorm.out=bits:16",)),  # int16 input codes: the stack's pair repack
+    ("dynamic", ("*.attention.self.*.out=off",)),  # float attention on the column views
+    ("w8a8", ("*.attention.self.*.out=mode:dynamic",)),  # static per-tensor input codes
+    ("peg", ("*.attention.self.*.out=mode:dynamic",)),  # PEG's grouped input codes (gemm_grouped)
+])
+def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, monkeypatch):
+    """The stacked q/k/v GEMM against the three linears, for each kind of input codes and of q/k/v
+    consumer it can meet: outputs equal bit for bit, and the stack ran (two linears a layer fewer)."""
+    from npbert.kernels import gemm as kg
+    from npbert.qmodel import QuantExecutor
+
+    qm = quantize_model(tiny32, recipe, calibration=TINY_TEXTS, overrides=list(overrides))
+    L = tiny32.config.num_hidden_layers
+    assert len(qm.qkv_weights) == L
+    b = tiny32.tokenizer.encode(TINY_TEXTS)
+    calls = _count_calls(monkeypatch, kg, "gemm_s8s8", "gemm_u8s8", "gemm_s16s8", "gemm_dequant", "gemm_grouped")
+    out = qm.forward(b).last_hidden_state.copy()
+    fused_calls = len(calls)
+    monkeypatch.setattr(QuantExecutor, "FUSE_QKV", False)
+    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+    assert len(calls) - 2 * fused_calls == 2 * L
 
 
 def test_fold_permutation_keeps_fp32_outputs(tiny):
