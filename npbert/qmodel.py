@@ -371,6 +371,13 @@ class QuantExecutor(Executor):
     # Query, key and value as one GEMM over the stacked weight (qkv): one input read, one dispatch,
     # N = 3C. Bit-identical (the same panels and epilogue per column); a switch for A/B.
     FUSE_QKV = True
+    # ... up to this many rows (tokens in the batch). Measured on all-MiniLM-L6-v2 in one process
+    # (bench/ab_recipes.py --off FUSE_QKV, 2 threads): 1.02-1.03x at 128-512 rows, 1.00x at 768 and
+    # 0.99x at 1024, where the three [M, C] GEMMs are no longer bound by per-call costs.
+    FUSE_QKV_MAX_ROWS = 512
+    # ... and their dynamic head-major codes in one call for all three (quantize_dynamic_heads_split)
+    # instead of three. Bit-identical; a switch for A/B.
+    FUSE_QKV_HEADS = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -380,7 +387,7 @@ class QuantExecutor(Executor):
         self.PARALLEL_FLOAT_KERNELS = not simulate
         self._dyn_cache: dict[str, tuple] = {}
         self._seg_cache: dict[tuple, tuple] = {}
-        self._columns: dict[int, tuple] = {}  # id(view) -> (view, parent, c0): qkv's column views
+        self._columns: dict[int, tuple] = {}  # id(view) -> (view, parent, c0, siblings, prefix): qkv's views
         self._last_layer = layer_prefix(qm.config.num_hidden_layers - 1) + "."
 
     def begin(self, attention_mask):
@@ -428,11 +435,12 @@ class QuantExecutor(Executor):
         kq.UNSIGNED_ZP, which the quad GEMM reads as they are (quantize_dynamic_rows(unsigned=True)).
         heads (an attention operand x [B, T, C], 8 bits or fewer, integer kernels): the codes head-major,
         int8 [B, heads, T, C/heads] (quantize_dynamic_heads); a column view from qkv() is read in
-        place from its [B, T, 3C] parent (the _columns registry), without a contiguous copy."""
+        place from its [B, T, 3C] parent (the _columns registry), without a contiguous copy, and together
+        with its two siblings in one call (quantize_dynamic_heads_split) when their specs agree."""
         # (uint8 codes check the u8s8 K bound, half the s8s8 one: longer rows keep int8 codes)
         unsigned = unsigned and spec.bits <= 8 and not self.sim and x.shape[-1] <= kg.K_MAX_U8S8
         heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
-        key = f"{name}@{id(x)}@{unsigned}@{heads}"
+        key = _dyn_key(name, x, unsigned, heads)
         if key not in self._dyn_cache:
             M = math.prod(x.shape[:-1])
             rows_per_seq = x.shape[1] if x.ndim == 3 else 1
@@ -443,10 +451,19 @@ class QuantExecutor(Executor):
             seg, valid = segs
             col = self._columns.get(id(x)) if heads else None
             if col is not None and col[0] is x:  # a column block of qkv's output: read in place
+                _, parent, c0, group, prefix = col
                 B, T, C = x.shape
+                if self.FUSE_QKV_HEADS and all(self.qm.specs[n] == spec for n, _ in group):  # one call for all three
+                    q, row_scale, _s, _t = kq.quantize_dynamic_heads_split(
+                        parent, len(group), heads, seg, valid, spec.bits, spec.tmiqr,
+                        self.buffer(f"codes:{prefix}.qkv", (len(group), B, heads, T, C // heads), np.int8))
+                    for i, (n, v) in enumerate(group):
+                        self._dyn_cache[_dyn_key(n, v, False, heads)] = (q[i], row_scale[i], v)
+                    q, row_scale, _ = self._dyn_cache[key]
+                    return q, row_scale
                 q, row_scale, _s, _t = kq.quantize_dynamic_heads(
-                    col[1], heads, seg, valid, spec.bits, spec.tmiqr,
-                    self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(col[2], col[2] + C))
+                    parent, heads, seg, valid, spec.bits, spec.tmiqr,
+                    self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(c0, c0 + C))
                 self._dyn_cache[key] = (q, row_scale, x)
                 return q, row_scale
             x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
@@ -533,10 +550,13 @@ class QuantExecutor(Executor):
 
     def qkv(self, prefix, x, in_site):
         """query, key and value as one GEMM with the stacked weight (qm.qkv_weights) where all three are
-        plain linears: integer input codes, no static output site, no simulation. One input read and
-        one dispatch instead of three; q, k, v are column views of the [.., 3C] output, which the
-        dynamic head quantizer reads in place (_dynamic). Bit-identical to the three linears."""
-        w = self.qm.qkv_weights.get(prefix) if (self.FUSE_QKV and not self.sim) else None
+        plain linears: integer input codes, no static output site, no simulation, at most
+        FUSE_QKV_MAX_ROWS rows. One input read and one dispatch instead of three; q, k, v are column
+        views of the [.., 3C] output, which the dynamic head quantizer reads in place, all three in one
+        call (_dynamic). Bit-identical to the three linears."""
+        rows = math.prod(np.shape(x.q if isinstance(x, QTensor) else x)[:-1])
+        fuse = self.FUSE_QKV and not self.sim and rows <= self.FUSE_QKV_MAX_ROWS
+        w = self.qm.qkv_weights.get(prefix) if fuse else None
         names = [f"{prefix}.{n}" for n in QKV_PROJECTIONS]
         if w is None or any(n + ".out" in self.qm.site_qparams for n in names):
             return super().qkv(prefix, x, in_site)
@@ -546,12 +566,10 @@ class QuantExecutor(Executor):
         lead, codes, qp, row_scale = inp
         y = self._matmul(codes, qp, row_scale, w, None, prefix + ".qkv").reshape(*lead, w.packed.n)  # [.., 3C]
         C = w.packed.n // 3
-        outs = []
-        for i, n in enumerate(names):
-            view = y[..., i * C:(i + 1) * C]
-            self._columns[id(view)] = (view, y, i * C)  # (the view kept alive: its id stays unique)
-            outs.append(self.site(n + ".out", view))
-        return tuple(outs)
+        group = tuple((n + ".out", y[..., i * C:(i + 1) * C]) for i, n in enumerate(names))
+        for i, (_, view) in enumerate(group):  # (the views kept alive: their ids stay unique)
+            self._columns[id(view)] = (view, y, i * C, group, prefix)
+        return tuple(self.site(n, view) for n, view in group)
 
     def _input_codes(self, x, in_site: str):
         """A linear's input as integer codes: (lead shape, codes [M, K], static QParams or None, dynamic
@@ -690,6 +708,12 @@ class QuantExecutor(Executor):
     def _emit(self, name: str, value):
         """A site value produced without passing site() (integer adds, probs): a hook for taps."""
         return value
+
+
+def _dyn_key(name: str, x, unsigned: bool, heads: int) -> str:
+    """QuantExecutor._dynamic's cache key: the site, the value's identity (kept alive with the entry)
+    and the form of the codes."""
+    return f"{name}@{id(x)}@{unsigned}@{heads}"
 
 
 def _codes_zp(codes: np.ndarray, qp: QParams | None) -> int:

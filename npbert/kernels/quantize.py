@@ -21,7 +21,7 @@ from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
 from npbert.kernels.selection import _tmiqr_inplace
 
-__all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_dynamic_heads", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
+__all__ = ["quantize_dynamic", "quantize_dynamic_rows", "quantize_dynamic_heads", "quantize_dynamic_heads_split", "quantize_static", "quantize_static_grouped", "requantize", "add_requant", "add_requant_grouped"]
 
 _ABS_MASK = 0x7FFFFFFF
 _EXP_ALL_ONES = 0x7F800000  # bits of +Inf; anything above is NaN
@@ -149,25 +149,34 @@ def _quantize_dynamic_core(x, seg, valid, tmiqr, qmax, off, q, scales, threshold
 
 
 @jit(parallel=True)
-def _quantize_dynamic_heads_core(x, c0, c1, seg, valid, tmiqr, qmax, heads, T, q, scales, thresholds, row_scale):
-    """_quantize_dynamic_core of x[:, c0:c1] with the codes head-major: x's rows are sequences of T
-    tokens (m = b*T + t) and q is [B*heads*T, d] ([B, heads, T, d]): head hh of row m goes to q row
-    (b*heads + hh)*T + t."""
-    bad, row_seg = _dynamic_scales(x, c0, c1, seg, valid, tmiqr, qmax, scales, thresholds, row_scale)
-    if bad != -1:
-        return bad
+def _quantize_dynamic_heads_core(x, c0s, width, seg, valid, tmiqr, qmax, heads, T, q, scales, thresholds, row_scale):
+    """_quantize_dynamic_core of each column block x[:, c0s[i]:c0s[i] + width] (its own tensor, its own
+    scales) with the codes head-major: x's rows are sequences of T tokens (m = b*T + t) and q[i] is
+    [B*heads*T, d] ([B, heads, T, d]): head hh of row m goes to q[i] row (b*heads + hh)*T + t. One call
+    for query, key and value from one GEMM (three blocks) or for one tensor (one block).
+    # x float32 [M, W]; q int8 [nb, B*heads*T, d]; scales / thresholds [nb, S]; row_scale [nb, M]
+    Returns (-1 or _segment_stats' error code, the block it concerns)."""
+    nb = c0s.shape[0]
+    row_seg = np.empty(0, np.int64)
+    for i in range(nb):
+        bad, row_seg = _dynamic_scales(x, c0s[i], c0s[i] + width, seg, valid, tmiqr, qmax, scales[i], thresholds[i],
+                                       row_scale[i])
+        if bad != -1:
+            return bad, i
     M = x.shape[0]
     fq = np.float32(qmax)
-    d = (c1 - c0) // heads
+    d = width // heads
     for c in prange((M + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        row = np.empty(c1 - c0, dtype=q.dtype)  # one row's codes, then scattered head by head
+        row = np.empty(width, dtype=q.dtype)  # one row's codes, then scattered head by head
         for m in range(c * ROWS_PER_CHUNK, min(M, (c + 1) * ROWS_PER_CHUNK)):
             s = row_seg[m]
-            _quantize_row(x[m, c0:c1], scales[s], thresholds[s], fq, 0, row)  # whole rows vectorise; 32-wide heads less so
             b, t = m // T, m % T
-            for hh in range(heads):
-                q[(b * heads + hh) * T + t, :] = row[hh * d:(hh + 1) * d]
-    return -1
+            for i in range(nb):
+                c0 = c0s[i]
+                _quantize_row(x[m, c0:c0 + width], scales[i, s], thresholds[i, s], fq, 0, row)  # whole rows vectorise
+                for hh in range(heads):
+                    q[i, (b * heads + hh) * T + t, :] = row[hh * d:(hh + 1) * d]
+    return -1, 0
 
 
 def quantize_dynamic(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False):
@@ -251,10 +260,9 @@ def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int 
     is what the attention GEMMs read, without that transposing copy. bits <= 8.
     out: an int8 [B, heads, T, d] C-contiguous array to write the codes into, else a new one.
     columns=(c0, c1): quantize x[..., c0:c1] of x [B, T, W] as that tensor, read in place (a column
-    block of one GEMM's output: query, key and value from the fused projection)."""
+    block of one GEMM's output)."""
     x = C.array(x, "x", (np.float32,), 3)
-    heads = C.int_arg(heads, "heads")
-    B, T, W = x.shape
+    W = x.shape[2]
     if columns is None:
         c0, c1 = 0, W
     else:
@@ -263,24 +271,54 @@ def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int 
         c0, c1 = (C.int_arg(c, "columns") for c in columns)
         if not 0 <= c0 < c1 <= W:
             raise InputError(f"columns={columns}: pass (c0, c1) with 0 <= c0 < c1 <= {W}, the width of x")
-    Cw = c1 - c0
-    if heads < 1 or Cw % heads:
-        raise InputError(f"heads={heads} must be positive and divide the width C={Cw}")
+    B, T = x.shape[:2]
+    heads = C.int_arg(heads, "heads")
+    if heads < 1 or (c1 - c0) % heads:
+        raise InputError(f"heads={heads} must be positive and divide the width C={c1 - c0}")
+    q = None
+    if out is not None:  # the kernel's [1, B, heads, T, d] block
+        out = C.out_array(out, (B, heads, T, (c1 - c0) // heads), np.dtype(np.int8), "quantize_dynamic_heads", (x,))
+        q = out.reshape(1, *out.shape)
+    q, row_scale, scales, thresholds = _heads_blocks(x, heads, [c0], c1 - c0, seg_starts, row_valid, bits, tmiqr, q,
+                                                     "quantize_dynamic_heads")
+    return (q[0] if out is None else out), row_scale[0], scales[0], thresholds[0]
+
+
+def quantize_dynamic_heads_split(x, parts: int, heads: int, seg_starts, row_valid=None, bits: int = 8,
+                                 tmiqr: bool = False, out=None):
+    """x float32 [B, T, parts*C] as `parts` tensors x[..., i*C:(i+1)*C] (query, key and value from one
+    GEMM), each quantized as quantize_dynamic_heads(x[..., i*C:(i+1)*C]) would, in one call:
+    (q int8 [parts, B, heads, T, d], row_scale [parts, B*T], scales [parts, S], thresholds [parts, S]).
+    out: an int8 [parts, B, heads, T, d] C-contiguous array to write the codes into, else a new one."""
+    x = C.array(x, "x", (np.float32,), 3)
+    parts = C.int_arg(parts, "parts")
+    if parts < 1 or x.shape[2] % parts:
+        raise InputError(f"parts={parts} must be positive and divide the width {x.shape[2]} of x")
+    Cw = x.shape[2] // parts
+    return _heads_blocks(x, heads, [i * Cw for i in range(parts)], Cw, seg_starts, row_valid, bits, tmiqr, out,
+                         "quantize_dynamic_heads_split")
+
+
+def _heads_blocks(x, heads, c0s, width, seg_starts, row_valid, bits, tmiqr, out, what):
+    """The checked call of _quantize_dynamic_heads_core for column blocks c0s of `width` of x [B, T, W]."""
+    heads = C.int_arg(heads, "heads")
+    B, T, W = x.shape
+    if heads < 1 or width % heads:
+        raise InputError(f"heads={heads} must be positive and divide the width C={width}")
     bits = C.int_arg(bits, "bits")
     if not 2 <= bits <= 8:
         raise QuantError(f"bits={bits}: head-major codes are int8 (bits 2..8)")
-    d = Cw // heads
-    out = C.out_array(out, (B, heads, T, d), np.dtype(np.int8), "quantize_dynamic_heads", (x,))
-    q2 = out.reshape(B * heads * T, d)
+    nb, d = len(c0s), width // heads
+    out = C.out_array(out, (nb, B, heads, T, d), np.dtype(np.int8), what, (x,))
     x2 = C.as_c(x).reshape(B * T, W)
     seg, valid = _dynamic_args(x2, seg_starts, row_valid)
     S = seg.size - 1
-    row_scale = np.empty(B * T, dtype=np.float32)
-    scales = np.empty(S, dtype=np.float32)
-    thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_heads_core(x2, c0, c1, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, heads, T, q2, scales,
-                                       thresholds, row_scale)
-    _raise_bad(bad, x2[:, c0:c1], seg, "quantize_dynamic_heads", T)
+    row_scale = np.empty((nb, B * T), dtype=np.float32)
+    scales = np.empty((nb, S), dtype=np.float32)
+    thresholds = np.empty((nb, S), dtype=np.float32)
+    bad, i = _quantize_dynamic_heads_core(x2, np.array(c0s, np.int64), width, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1,
+                                          heads, T, out.reshape(nb, B * heads * T, d), scales, thresholds, row_scale)
+    _raise_bad(bad, x2[:, c0s[i]:c0s[i] + width], seg, what if nb == 1 else f"{what} (part {i})", T)
     return out, row_scale, scales, thresholds
 
 

@@ -750,6 +750,23 @@ def test_quantize_dynamic_heads_is_the_transposed_rows(tmiqr):
     for cols in ((0, 0), (-1, 5), (C, 3 * C), (0, C, 2 * C)):
         with pytest.raises(InputError, match="columns"):
             quantize_dynamic_heads(wide, h, seg, columns=cols)
+    # all three blocks of a [B, T, 3C] GEMM output in one call: each as its own tensor
+    from npbert.kernels.quantize import quantize_dynamic_heads_split
+
+    wide3 = np.concatenate([x * 7, x, x * 0.01], axis=-1)
+    out3 = np.full((3, B, h, T, C // h), 99, np.int8)
+    got = quantize_dynamic_heads_split(wide3, 3, h, seg, valid, tmiqr=tmiqr, out=out3)
+    assert got[0] is out3
+    for i in range(3):
+        ref = quantize_dynamic_heads(wide3, h, seg, valid, tmiqr=tmiqr, columns=(i * C, (i + 1) * C))
+        for g, r in zip(got, ref):
+            _eq(g[i], r)
+    with pytest.raises(InputError, match="parts=5"):
+        quantize_dynamic_heads_split(wide3, 5, h, seg)
+    bad3 = wide3.copy()
+    bad3[1, 3, 2 * C + 1] = np.inf
+    with pytest.raises(InputError, match=r"quantize_dynamic_heads_split \(part 2\): Inf in sequence 1, token 3"):
+        quantize_dynamic_heads_split(bad3, 3, h, seg)
     # a NaN outside the block is not the block's business; inside it is reported at its token
     nan = wide.copy()
     nan[2, 4, 0] = np.nan  # in the first block

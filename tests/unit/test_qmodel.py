@@ -151,9 +151,11 @@ def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, 
     calls = _count_calls(monkeypatch, kg, "gemm_s8s8", "gemm_u8s8", "gemm_s16s8", "gemm_dequant", "gemm_grouped")
     out = qm.forward(b).last_hidden_state.copy()
     fused_calls = len(calls)
-    monkeypatch.setattr(QuantExecutor, "FUSE_QKV", False)
-    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
-    assert len(calls) - 2 * fused_calls == 2 * L
+    for switch, value in (("FUSE_QKV_HEADS", False), ("FUSE_QKV_MAX_ROWS", 0), ("FUSE_QKV", False)):
+        monkeypatch.setattr(QuantExecutor, switch, value)  # heads one by one; then too many rows; then off
+        n0 = len(calls)
+        np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+        assert len(calls) - n0 == fused_calls + (0 if switch == "FUSE_QKV_HEADS" else 2 * L)
 
 
 def test_fold_permutation_keeps_fp32_outputs(tiny):
