@@ -450,36 +450,33 @@ class QuantExecutor(Executor):
                 segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, M)
             seg, valid = segs
             col = self._columns.get(id(x)) if heads else None
-            if col is not None and col[0] is x:  # a column block of qkv's output: read in place
-                _, parent, c0, group, prefix = col
+            col = col if (col is not None and col[0] is x) else None  # a column block of qkv's output
+            if col is not None and self.FUSE_QKV_HEADS and all(self.qm.specs[n] == spec for n, _ in col[3]):
+                # q, k and v alike: all three blocks in one call, read in place, each cached
+                _, parent, _c0, group, prefix = col
                 B, T, C = x.shape
-                if self.FUSE_QKV_HEADS and all(self.qm.specs[n] == spec for n, _ in group):  # one call for all three
-                    q, row_scale, _s, _t = kq.quantize_dynamic_heads_split(
-                        parent, len(group), heads, seg, valid, spec.bits, spec.tmiqr,
-                        self.buffer(f"codes:{prefix}.qkv", (len(group), B, heads, T, C // heads), np.int8))
-                    for i, (n, v) in enumerate(group):
-                        self._dyn_cache[_dyn_key(n, v, False, heads)] = (q[i], row_scale[i], v)
-                    q, row_scale, _ = self._dyn_cache[key]
-                    return q, row_scale
+                q3, rs3, _s, _t = kq.quantize_dynamic_heads_split(
+                    parent, len(group), heads, seg, valid, spec.bits, spec.tmiqr,
+                    self.buffer(f"codes:{prefix}.qkv", (len(group), B, heads, T, C // heads), np.int8))
+                for i, (n, v) in enumerate(group):
+                    self._dyn_cache[_dyn_key(n, v, False, heads)] = (q3[i], rs3[i], v)
+                return self._dyn_cache[key][:2]
+            if heads:  # one block: a column block read in place, or the value itself
+                B, T, C = x.shape
+                parent, c0 = (col[1], col[2]) if col is not None else (np.ascontiguousarray(x, np.float32), 0)
                 q, row_scale, _s, _t = kq.quantize_dynamic_heads(
                     parent, heads, seg, valid, spec.bits, spec.tmiqr,
                     self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(c0, c0 + C))
-                self._dyn_cache[key] = (q, row_scale, x)
-                return q, row_scale
-            x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
-            if self.sim:
-                q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
-                row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
-            elif heads:
-                B, T, C = x.shape
-                q, row_scale, _s, _t = kq.quantize_dynamic_heads(
-                    x2.reshape(B, T, C), heads, seg, valid, spec.bits, spec.tmiqr,
-                    self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8))
             else:
-                codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
-                q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr,
-                                                                self.buffer("codes:" + name, x2.shape, codes_dtype),
-                                                                unsigned=unsigned)
+                x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
+                if self.sim:
+                    q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
+                    row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
+                else:
+                    codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
+                    q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr,
+                                                                    self.buffer("codes:" + name, x2.shape, codes_dtype),
+                                                                    unsigned=unsigned)
             self._dyn_cache[key] = (q, row_scale, x)  # keep x alive: id()
         q, row_scale, _ = self._dyn_cache[key]
         return q, row_scale
@@ -1026,7 +1023,7 @@ class QuantizedModel(Model):
             if any(w is None for w in parts) or len({w.bias is None for w in parts}) != 1:
                 continue
             packs = [w.packed for w in parts]
-            if any((p.k, p.layout) != (packs[0].k, packs[0].layout) or p.n % kg.NR for p in packs):
+            if not kg.stackable(packs):
                 continue
             bias = None if parts[0].bias is None else np.concatenate([w.bias for w in parts])
             stack = self.qkv_weights[prefix] = QWeight(np.concatenate([w.scale for w in parts]), bias, kg.concat_packed(packs))

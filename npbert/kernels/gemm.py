@@ -251,6 +251,12 @@ def pack_int8_weight(w, layout: str = "auto") -> PackedInt8Weight:
     return PackedInt8Weight(w, layout)
 
 
+def stackable(parts: list[PackedInt8Weight]) -> bool:
+    """Whether concat_packed takes these parts: one K and layout, each N whole panels (a multiple of NR)."""
+    return bool(parts) and all(isinstance(p, PackedInt8Weight) and (p.k, p.layout) == (parts[0].k, parts[0].layout)
+                               and p.n % NR == 0 for p in parts)
+
+
 def concat_packed(parts: list[PackedInt8Weight]) -> PackedInt8Weight:
     """The weights stacked along N, [sum N_i, K], as one PackedInt8Weight whose bytes the parts then
     share: each part's panels, row sums and fixes become views of the result's (one copy of the bytes,
@@ -260,10 +266,10 @@ def concat_packed(parts: list[PackedInt8Weight]) -> PackedInt8Weight:
     bit (the same panels, fixes and sums, in the same order)."""
     if not parts or any(not isinstance(p, PackedInt8Weight) for p in parts):
         raise QuantError("concat_packed: pass a non-empty list of PackedInt8Weight")
-    p0 = parts[0]
-    if any((p.k, p.layout) != (p0.k, p0.layout) for p in parts) or any(p.n % NR for p in parts):
+    if not stackable(parts):
         raise QuantError(f"concat_packed: parts need one K and layout and N a multiple of {NR}; got "
                          f"{[(p.n, p.k, p.layout) for p in parts]}")
+    p0 = parts[0]
     fused = PackedInt8Weight.__new__(PackedInt8Weight)
     fused.n, fused.k, fused.kp, fused.kq, fused.layout = sum(p.n for p in parts), p0.k, p0.kp, p0.kq, p0.layout
     fused.panels = np.concatenate([p.panels for p in parts])

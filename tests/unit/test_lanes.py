@@ -11,19 +11,14 @@ from npbert.kernels._lanes import f32_bits, f32_from_bits, fma32, sum4_f64, sums
 
 
 @numba.njit
-def _bits(x):
-    out = np.empty(x.shape[0], np.int32)
+def _casts(x, b):
+    """(f32_bits of each float32 x, f32_from_bits of each int32 b)"""
+    bits, floats = np.empty(x.shape[0], np.int32), np.empty(b.shape[0], np.float32)
     for i in range(x.shape[0]):
-        out[i] = f32_bits(x[i])
-    return out
-
-
-@numba.njit
-def _from_bits(b):
-    out = np.empty(b.shape[0], np.float32)
+        bits[i] = f32_bits(x[i])
     for i in range(b.shape[0]):
-        out[i] = f32_from_bits(b[i])
-    return out
+        floats[i] = f32_from_bits(b[i])
+    return bits, floats
 
 
 @numba.njit
@@ -41,9 +36,10 @@ def _sums(x, square):
 
 def test_bit_casts_are_numpy_views():
     x = np.array([0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.finfo(np.float32).tiny, 3.4e38], np.float32)
-    np.testing.assert_array_equal(_bits(x), x.view(np.int32))
     b = np.random.default_rng(0).integers(-(2**31), 2**31, 1000).astype(np.int32)
-    np.testing.assert_array_equal(_from_bits(b).view(np.int32), b)  # NaN payloads included
+    bits, floats = _casts(x, b)
+    np.testing.assert_array_equal(bits, x.view(np.int32))
+    np.testing.assert_array_equal(floats.view(np.int32), b)  # NaN payloads included
 
 
 def test_fma32_rounds_once():
