@@ -220,6 +220,10 @@ class Executor:
         return one only for values dead before the same name of the next layer is produced."""
         return None
 
+    def layer(self, prefix: str, x, in_site: str, bias: np.ndarray):
+        """An encoder layer: encoder_layer's hooks, one by one (executors may run a whole layer at once)."""
+        return encoder_layer(self, prefix, x, in_site, bias)
+
     def add_layer_norm(self, add_name: str, ln_name: str, a, b):
         """layer_norm(add(a, b)), the residual sum and its LayerNorm in one pass. Both sites still see
         their values; if the sum's site changes it (a quantizer), the LayerNorm reads the changed sum."""
@@ -312,18 +316,23 @@ def encoder_forward(
     x = ex.layer_norm("embeddings.LayerNorm", x)
     in_site = "embeddings.LayerNorm.out"
     for i in range(cfg.num_hidden_layers):
-        p = layer_prefix(i)
-        q, k, v = ex.qkv(f"{p}.attention.self", x, in_site)
-        ctx = ex.site(f"{p}.attention.output.dense.in", ex.attention(f"{p}.attention.self", q, k, v, bias))
-        a = ex.linear_site(f"{p}.attention.output.dense", ctx, f"{p}.attention.output.dense.in", f"{p}.attention.output.dense.out")
-        x1 = ex.add_layer_norm(f"{p}.attention.output.residual", f"{p}.attention.output.LayerNorm", a, x)
-        # FF1 with its activation: act(x1 W1^T + b1) [B, T, I], the FF2 input (where TM-IQR clips)
-        g = ex.linear_site(f"{p}.intermediate.dense", x1, f"{p}.attention.output.LayerNorm.out", f"{p}.output.dense.in",
-                           act=cfg.hidden_act)
-        f2 = ex.linear_site(f"{p}.output.dense", g, f"{p}.output.dense.in", f"{p}.output.dense.out")  # [B, T, C]
-        x = ex.add_layer_norm(f"{p}.output.residual", f"{p}.output.LayerNorm", f2, x1)
-        in_site = f"{p}.output.LayerNorm.out"
+        x = ex.layer(layer_prefix(i), x, in_site, bias)
+        in_site = f"{layer_prefix(i)}.output.LayerNorm.out"
     return x
+
+
+def encoder_layer(ex: Executor, p: str, x, in_site: str, bias: np.ndarray):
+    """One encoder layer (prefix p) on x [B, T, C], the value of site in_site -> [B, T, C], the value of
+    site p.output.LayerNorm.out. The forward's only statement of a layer: Executor.layer runs it."""
+    q, k, v = ex.qkv(f"{p}.attention.self", x, in_site)
+    ctx = ex.site(f"{p}.attention.output.dense.in", ex.attention(f"{p}.attention.self", q, k, v, bias))
+    a = ex.linear_site(f"{p}.attention.output.dense", ctx, f"{p}.attention.output.dense.in", f"{p}.attention.output.dense.out")
+    x1 = ex.add_layer_norm(f"{p}.attention.output.residual", f"{p}.attention.output.LayerNorm", a, x)
+    # FF1 with its activation: act(x1 W1^T + b1) [B, T, I], the FF2 input (where TM-IQR clips)
+    g = ex.linear_site(f"{p}.intermediate.dense", x1, f"{p}.attention.output.LayerNorm.out", f"{p}.output.dense.in",
+                       act=ex.cfg.hidden_act)
+    f2 = ex.linear_site(f"{p}.output.dense", g, f"{p}.output.dense.in", f"{p}.output.dense.out")  # [B, T, C]
+    return ex.add_layer_norm(f"{p}.output.residual", f"{p}.output.LayerNorm", f2, x1)
 
 
 def head_forward(cfg: BertConfig, hidden, ex: Executor) -> np.ndarray | None:

@@ -294,6 +294,17 @@ class QWeight:
     packed: object  # kernels' PackedInt8Weight
     deq64: np.ndarray | None = None  # float64 [N, K] dequantized, built lazily for simulation
 
+    def __post_init__(self):
+        # the executor hands these to the GEMM's unchecked entry (kernels.gemm.dequant_into): their form
+        # is settled here, once per weight, for weights built in memory and read from a file alike
+        n = self.packed.n
+        self.scale = np.ascontiguousarray(self.scale, np.float32)
+        if self.bias is not None:
+            self.bias = np.ascontiguousarray(self.bias, np.float32)
+        for what, v in (("scale", self.scale), ("bias", self.bias)):
+            if v is not None and v.shape != (n,):
+                raise QuantError(f"a weight with {n} output rows has a {what} of shape {v.shape}; expected [{n}] (re-save the model)")
+
     @property
     def q(self) -> np.ndarray:
         """int8 [N, K] codes (unpacked on each access)."""
@@ -379,6 +390,12 @@ class QuantExecutor(Executor):
     # instead of three. Bit-identical; a switch for A/B.
     FUSE_QKV_HEADS = True
 
+    # A whole encoder layer of a dynamic recipe as one flat run of kernel calls (layer(), _LayerPlan):
+    # the kernels, arguments and buffers of the hooks above, without their per-call Python (a MiniLM
+    # batch-1 forward spent ~2 ms of ~16 there). Bit-identical; taps and the other switches' A/Bs
+    # turn it off, and so does anything it does not cover (static sites, int16 codes, > 512 rows...).
+    FUSE_LAYERS = True
+
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
         self.qm = qm
@@ -388,6 +405,7 @@ class QuantExecutor(Executor):
         self._dyn_cache: dict[str, tuple] = {}
         self._seg_cache: dict[tuple, tuple] = {}
         self._columns: dict[int, tuple] = {}  # id(view) -> (view, parent, c0, siblings, prefix): qkv's views
+        self._bias_args = None  # (bias, (B, h, T), softmax_bias_args(bias)): the forward's, see _softmax_bias
         self._last_layer = layer_prefix(qm.config.num_hidden_layers - 1) + "."
 
     def begin(self, attention_mask):
@@ -395,6 +413,7 @@ class QuantExecutor(Executor):
         self._dyn_cache = {}
         self._seg_cache = {}
         self._columns = {}
+        self._bias_args = None
 
     def word_rows(self, ids):
         emb = self.qm.word_emb
@@ -436,50 +455,90 @@ class QuantExecutor(Executor):
         heads (an attention operand x [B, T, C], 8 bits or fewer, integer kernels): the codes head-major,
         int8 [B, heads, T, C/heads] (quantize_dynamic_heads); a column view from qkv() is read in
         place from its [B, T, 3C] parent (the _columns registry), without a contiguous copy, and together
-        with its two siblings in one call (quantize_dynamic_heads_split) when their specs agree."""
+        with its two siblings in one call (quantize_dynamic_heads_split) when their specs agree.
+        The integer kernels are called through their unchecked entries (kq.*_into): every argument is
+        built here, and a batch-1 forward makes ~40 of these calls."""
         # (uint8 codes check the u8s8 K bound, half the s8s8 one: longer rows keep int8 codes)
         unsigned = unsigned and spec.bits <= 8 and not self.sim and x.shape[-1] <= kg.K_MAX_U8S8
         heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
-        key = _dyn_key(name, x, unsigned, heads)
-        if key not in self._dyn_cache:
-            M = math.prod(x.shape[:-1])
-            rows_per_seq = x.shape[1] if x.ndim == 3 else 1
-            seg_key = (x.ndim, rows_per_seq, M)  # (the mask is the forward's: one per shape)
-            segs = self._seg_cache.get(seg_key)
-            if segs is None:
-                segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, M)
-            seg, valid = segs
-            col = self._columns.get(id(x)) if heads else None
-            col = col if (col is not None and col[0] is x) else None  # a column block of qkv's output
-            if col is not None and self.FUSE_QKV_HEADS and all(self.qm.specs[n] == spec for n, _ in col[3]):
-                # q, k and v alike: all three blocks in one call, read in place, each cached
-                _, parent, _c0, group, prefix = col
-                B, T, C = x.shape
-                q3, rs3, _s, _t = kq.quantize_dynamic_heads_split(
-                    parent, len(group), heads, seg, valid, spec.bits, spec.tmiqr,
-                    self.buffer(f"codes:{prefix}.qkv", (len(group), B, heads, T, C // heads), np.int8))
-                for i, (n, v) in enumerate(group):
-                    self._dyn_cache[_dyn_key(n, v, False, heads)] = (q3[i], rs3[i], v)
-                return self._dyn_cache[key][:2]
-            if heads:  # one block: a column block read in place, or the value itself
-                B, T, C = x.shape
-                parent, c0 = (col[1], col[2]) if col is not None else (np.ascontiguousarray(x, np.float32), 0)
-                q, row_scale, _s, _t = kq.quantize_dynamic_heads(
-                    parent, heads, seg, valid, spec.bits, spec.tmiqr,
-                    self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(c0, c0 + C))
+        key = (name, id(x), unsigned, heads)
+        hit = self._dyn_cache.get(key)
+        if hit is not None:
+            return hit[0], hit[1]
+        M = math.prod(x.shape[:-1])
+        seg, valid = self._segs(x, M)
+        tmiqr = bool(spec.tmiqr)
+        col = self._columns.get(id(x)) if heads else None
+        col = col if (col is not None and col[0] is x) else None  # a column block of qkv's output
+        if col is not None and self.FUSE_QKV_HEADS and self._same_specs(col[3]):
+            # q, k and v alike: all three blocks in one call, read in place, each cached
+            _, parent, _c0, group, prefix = col
+            q3, rs3 = self._split_heads(prefix, parent, len(group), heads, seg, valid, spec)
+            for i, (n, v) in enumerate(group):
+                self._dyn_cache[(n, id(v), False, heads)] = (q3[i], rs3[i], v)
+            return self._dyn_cache[key][:2]
+        if heads:  # one block: a column block read in place, or the value itself
+            B, T, C = x.shape
+            parent, c0 = (col[1], col[2]) if col is not None else (np.ascontiguousarray(x, np.float32), 0)
+            q, row_scale, _s, _t = kq.quantize_dynamic_heads(
+                parent, heads, seg, valid, spec.bits, tmiqr,
+                self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(c0, c0 + C))
+        else:
+            x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
+            if self.sim:
+                q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, tmiqr)
+                row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
             else:
-                x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
-                if self.sim:
-                    q, scales, _t = kref.quantize_dynamic_ref(x2, seg, valid, spec.bits, spec.tmiqr)
-                    row_scale = np.repeat(scales, np.diff(seg)).astype(np.float32)
-                else:
-                    codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
-                    q, row_scale, _s, _t = kq.quantize_dynamic_rows(x2, seg, valid, spec.bits, spec.tmiqr,
-                                                                    self.buffer("codes:" + name, x2.shape, codes_dtype),
-                                                                    unsigned=unsigned)
-            self._dyn_cache[key] = (q, row_scale, x)  # keep x alive: id()
-        q, row_scale, _ = self._dyn_cache[key]
+                q, row_scale = self._rows_codes(name, x2, seg, valid, spec, unsigned)
+        self._dyn_cache[key] = (q, row_scale, x)  # keep x alive: id()
         return q, row_scale
+
+    def _rows_codes(self, name: str, x2: np.ndarray, seg, valid, spec: SiteSpec, unsigned: bool):
+        """Integer dynamic codes of site `name` [M, K] (uint8 + 128 if unsigned, else int8 / int16 by bits)
+        and their row scales [M] from float32 x2 [M, K] C-contiguous, into the site's code buffer."""
+        M = x2.shape[0]
+        codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
+        q = self.buffer("codes:" + name, x2.shape, codes_dtype)
+        if q is None:
+            q = np.empty(x2.shape, codes_dtype)
+        S = seg.size - 1
+        row_scale = np.empty(M, np.float32)
+        kq.dynamic_rows_into(x2, seg, valid, spec.bits, bool(spec.tmiqr), unsigned, q, row_scale, np.empty(S, np.float32),
+                             np.empty(S, np.float32))
+        return q, row_scale
+
+    def _split_heads(self, prefix: str, parent: np.ndarray, nb: int, heads: int, seg, valid, spec: SiteSpec):
+        """Head-major int8 codes [nb, B, heads, T, d] and row scales [nb, B*T] of the nb column blocks of
+        parent float32 [B, T, nb*C] C-contiguous (qkv's output), into the attention's code buffer."""
+        B, T, W = parent.shape
+        C, M, S = W // nb, B * T, seg.size - 1
+        q3 = self.buffer(f"codes:{prefix}.qkv", (nb, B, heads, T, C // heads), np.int8)
+        if q3 is None:
+            q3 = np.empty((nb, B, heads, T, C // heads), np.int8)
+        rs3 = np.empty((nb, M), np.float32)
+        kq.heads_into(parent.reshape(M, W), self._block_starts(nb, C), C, seg, valid, spec.bits, bool(spec.tmiqr), heads, T,
+                      q3, rs3, np.empty((nb, S), np.float32), np.empty((nb, S), np.float32), "quantize_dynamic_heads_split")
+        return q3, rs3
+
+    def _segs(self, x: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray]:
+        """The dynamic quantizers' (seg_starts, row_valid) for a value x with M rows: one segment per
+        sequence (x [B, T, ..]) or per row; built once per forward and shape."""
+        rows_per_seq = x.shape[1] if x.ndim == 3 else 1
+        seg_key = (x.ndim, rows_per_seq, M)  # (the mask is the forward's: one per shape)
+        segs = self._seg_cache.get(seg_key)
+        if segs is None:
+            segs = self._seg_cache[seg_key] = _segments(self._mask_for(x), rows_per_seq, M)
+        return segs
+
+    def _same_specs(self, group) -> bool:
+        """Whether the sites of a qkv group share one spec (fixed per model: worked out once per group)."""
+        specs = self.qm.specs
+        return _prepared(self.qm.prepared, ("same-specs", group[0][0]),
+                         lambda: all(specs[n] == specs[group[0][0]] for n, _ in group))
+
+    def _block_starts(self, nb: int, C: int) -> np.ndarray:
+        """int64 [nb]: the first columns of nb blocks of width C (the split quantizer's c0s), kept per model."""
+        return _prepared(self.qm.prepared, ("block-starts", nb, C), lambda: np.arange(nb, dtype=np.int64) * C)
 
     # ---- GEMMs
     def _matmul(self, codes: np.ndarray, qp: QParams | None, row_scale: np.ndarray | None, w: QWeight,
@@ -504,6 +563,8 @@ class QuantExecutor(Executor):
             # PEG with one group is bit-identical to per tensor. On quad panels the GEMM does this in
             # its registers (gemm_dequant: the int32 result is never stored); elsewhere two passes.
             if self.FUSE_GEMM_DEQUANT and w.packed.layout == "quads" and codes.dtype in (np.int8, np.uint8):
+                if qp is None and out is not None and codes.shape[0] and w.packed.kq:
+                    return _dequant_dynamic(codes, row_scale, w, fused.ACT_CODES[act], out)
                 scale = row_scale if qp is None else qp.scale
                 return kg.gemm_dequant(codes, _codes_zp(codes, qp), w.packed, scale, w.scale, w.bias, act, out)
             return fused.epilogue(*self._accumulate(codes, qp, row_scale, w), w.scale, w.bias, act, out)
@@ -612,6 +673,55 @@ class QuantExecutor(Executor):
         lead, codes, qp, row_scale = inp
         return self._matmul(codes, qp, row_scale, w, act, name).reshape(*lead, -1)
 
+    # ---- a whole layer
+    def layer(self, prefix, x, in_site, bias):
+        """encoder_layer as one run of kernel calls where the layer is plain dynamic (_LayerPlan): each
+        step is the one its hook would take (qkv, attention, linear_site, add_layer_norm), on the same
+        buffers, so the result is the same bits; anything else runs the hooks one by one."""
+        plan = self._layer_plan(prefix, in_site)
+        if (plan is None or not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 3
+                or not x.flags.c_contiguous or not 0 < x.shape[0] * x.shape[1] <= self.FUSE_QKV_MAX_ROWS):
+            return super().layer(prefix, x, in_site, bias)
+        B, T, C = x.shape
+        M, h = B * T, self.cfg.num_attention_heads
+        seg, valid = self._segs(x, M)
+        # q, k, v = x W_qkv^T + b [M, 3C] (qkv), then their head-major codes in one call (_dynamic's split)
+        codes, rs = self._rows_codes(in_site, x.reshape(M, C), seg, valid, plan.in_spec, True)
+        y = _dequant_dynamic(codes, rs, plan.qkv, fused.ACT_NONE, self.buffer(plan.qkv_out, (M, 3 * C), np.float32))
+        q3, rs3 = self._split_heads(plan.attn, y.reshape(B, T, 3 * C), 3, h, seg, valid, plan.qkv_spec)
+        sq, sk, sv = (rs3[i].reshape(B, T)[:, 0] for i in range(3))
+        ctx = self._attention_int(plan.attn, q3[0], sq, q3[1], sk, q3[2], sv, bias, plan.probs_qp)  # [B, T, C]
+        # the attention output projection, residual + LayerNorm, FF1 + activation, FF2, residual + LayerNorm
+        a = self._linear_rows(plan, 0, ctx.reshape(M, C), seg, valid)
+        x1 = self._residual_ln(plan, 0, a, x.reshape(M, C))
+        g = self._linear_rows(plan, 1, x1, seg, valid)
+        f2 = self._linear_rows(plan, 2, g, seg, valid)
+        return self._residual_ln(plan, 1, f2, x1).reshape(B, T, C)
+
+    def _linear_rows(self, plan: "_LayerPlan", j: int, x2: np.ndarray, seg, valid) -> np.ndarray:
+        """Linear j of the layer's three after attention (output projection, FF1 + act, FF2) on float32
+        x2 [M, K]: its input's dynamic uint8 codes, then the dequantizing GEMM into its output buffer."""
+        in_site, name, w, spec, act_code = plan.linears[j]
+        codes, rs = self._rows_codes(in_site, x2, seg, valid, spec, True)
+        return _dequant_dynamic(codes, rs, w, act_code, self.buffer("out:" + name, (x2.shape[0], w.packed.n), np.float32))
+
+    def _residual_ln(self, plan: "_LayerPlan", j: int, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+        """Residual j (after attention, after the FFN): LayerNorm(a2 + b2) [M, C] into its buffers, as
+        add_layer_norm does for float operands (the last layer's output gets a fresh array)."""
+        add_name, ln_name, gamma, beta = plan.norms[j]
+        s2, y2 = (self.buffer(n, a2.shape, np.float32) for n in (add_name, ln_name + ".out"))
+        s2, y2 = (np.empty(a2.shape, np.float32) if v is None else v for v in (s2, y2))
+        fused.add_layer_norm_into(a2, b2, gamma, beta, self.cfg.layer_norm_eps, s2, y2)
+        return y2
+
+    def _layer_plan(self, prefix: str, in_site: str) -> "_LayerPlan | None":
+        """The layer's fixed arguments when layer() may run it at once, else None. The model's part is
+        worked out once (qm.prepared); the switches are read on every call (A/Bs flip them)."""
+        if not (self.FUSE_LAYERS and not self.sim and self.REUSE_OUTPUTS and self.FUSE_QKV and self.FUSE_QKV_HEADS
+                and self.DYN_UNSIGNED_CODES and self.FUSE_GEMM_DEQUANT and self.FUSE_SOFTMAX):
+            return None
+        return _prepared(self.qm.prepared, ("layer-plan", prefix, in_site), lambda: _LayerPlan.build(self.qm, prefix, in_site))
+
     # ---- attention
     def _heads_codes(self, name: str, x):
         """A q/k/v value -> (codes int8 [B, h, T, d] C-contiguous, per-sequence scale [B]) or None if kept
@@ -638,6 +748,9 @@ class QuantExecutor(Executor):
         if qc is None or kc is None or vc is None or probs_qp is None:
             return self._attention_float(prefix, q, k, v, bias)
         (q8, sq), (k8, sk), (v8, sv) = qc, kc, vc
+        if (self.FUSE_SOFTMAX and not self.sim and prefix + ".scores" not in self.qm.site_qparams
+                and probs_qp.granularity == "tensor"):
+            return self._attention_int(prefix, q8, sq, k8, sk, v8, sv, bias, probs_qp)
         B, h, T, d = q8.shape
         # scores = Q K^T: [B*h, T, d] x [B*h, T, d] -> int32 [B*h, T, T]
         if self.sim:
@@ -647,32 +760,63 @@ class QuantExecutor(Executor):
                                 out=self.qm.scratch("scores", (B * h, T, T), np.int32))
             acc = acc.reshape(B, h, T, T)
         seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
-        if (self.FUSE_SOFTMAX and not self.sim and prefix + ".scores" not in self.qm.site_qparams
-                and probs_qp.granularity == "tensor"):
-            codes = fused.softmax_quantize(acc, seq_scale, bias, probs_qp.scale, probs_qp.zero_point, probs_qp.qmin,
-                                           probs_qp.qmax, probs_qp.int_dtype,
-                                           self.buffer("codes:" + prefix + ".probs", acc.shape, probs_qp.int_dtype))
-            p = self._emit(prefix + ".probs", QTensor(codes, probs_qp))
-        else:
-            scores = acc.astype(np.float32) * seq_scale[:, None, None, None]
-            scores = self.f(self.site(prefix + ".scores", scores)) + bias
-            p = self._emit(prefix + ".probs", self._quantize_static(fused.softmax_rows(scores, self.PARALLEL_FLOAT_KERNELS),
-                                                                    probs_qp))
+        scores = acc.astype(np.float32) * seq_scale[:, None, None, None]
+        scores = self.f(self.site(prefix + ".scores", scores)) + bias
+        p = self._emit(prefix + ".probs", self._quantize_static(fused.softmax_rows(scores, self.PARALLEL_FLOAT_KERNELS),
+                                                                probs_qp))
         # context = P V: [B*h, T, T] x [B*h, d, T] -> int32 [B*h, T, d]
         if self.sim:
             ctx = np.matmul(dequantize(p.q, probs_qp).astype(np.float64), v8.astype(np.float64))
             ctx = ctx.astype(np.float32) * sv[:, None, None, None]
+            return ops.merge_heads(ctx)
+        return self._context_int(prefix, p, v8, sv)
+
+    def _attention_int(self, prefix, q8, sq, k8, sk, v8, sv, bias, probs_qp: QParams):
+        """The integer attention with the fused softmax: head-major int8 codes q8, k8, v8 [B, h, T, d]
+        C-contiguous with per-sequence scales [B] -> context float32 [B, T, h*d]. QK^T and softmax ->
+        probability codes run through the kernels' unchecked entries on arguments built here."""
+        B, h, T, d = q8.shape
+        # scores = Q K^T: [B*h, T, d] x [B*h, T, d] -> int32 [B*h, T, T]
+        acc = kg.bgemm_into(q8.reshape(B * h, T, d), 0, k8.reshape(B * h, T, d), False,
+                            self.qm.scratch("scores", (B * h, T, T), np.int32))
+        seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
+        codes = self.buffer("codes:" + prefix + ".probs", (B, h, T, T), probs_qp.int_dtype)
+        if codes is None:
+            codes = np.empty((B, h, T, T), probs_qp.int_dtype)
+        zp, lo, hi, sc = _prepared(self.qm.prepared, ("softmax-grid", probs_qp), lambda: (  # as softmax_quantize
+            np.float32(int(probs_qp.zero_point)), np.float32(probs_qp.qmin - int(probs_qp.zero_point)),
+            np.float32(probs_qp.qmax - int(probs_qp.zero_point)), np.float32(probs_qp.scale)))
+        fused.softmax_quantize_into(acc.reshape(B * h * T, T), seq_scale, *self._softmax_bias(bias, B, h, T), sc, lo, hi,
+                                    zp, codes.reshape(B * h * T, T))
+        return self._context_int(prefix, self._emit(prefix + ".probs", QTensor(codes, probs_qp)), v8, sv)
+
+    def _context_int(self, prefix: str, p: QTensor, v8: np.ndarray, sv: np.ndarray) -> np.ndarray:
+        """context = P V: probability codes p [B, h, T, T] x v8 [B, h, T, d] -> int32 [B*h, T, d] -> float32
+        [B, T, h*d] scaled by p's scale times sv [B] per sequence."""
+        B, h, T, d = v8.shape
+        zp = int(p.qp.zero_point)
+        v3 = v8.reshape(B * h, T, d)  # V as stored: [T, d] per head, packed transposed (b_kn)
+        pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
+        out = self.qm.scratch("context", (B * h, T, d), np.int32)
+        if pc.dtype == np.uint8:
+            acc = kg.bgemm_u8s8(pc, zp, v3, out=out, b_kn=True)
+        elif pc.dtype == np.int8 and zp == 0:
+            acc = kg.bgemm_into(pc, 0, v3, True, out)
         else:
-            v3 = v8.reshape(B * h, T, d)  # V as stored: [T, d] per head, packed transposed (b_kn)
-            pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
-            out = self.qm.scratch("context", (B * h, T, d), np.int32)
-            if p.q.dtype == np.uint8:
-                acc = kg.bgemm_u8s8(pc, int(probs_qp.zero_point), v3, out=out, b_kn=True)
-            else:
-                acc = kg.bgemm_s8s8(pc, v3, out=out, b_kn=True)
-            return fused.merge_heads_scaled(acc, np.float32(probs_qp.scale) * sv, h,  # [B, T, C]
-                                            self.buffer("ctx:" + prefix, (B, T, h * d), np.float32))
-        return ops.merge_heads(ctx)
+            acc = kg.bgemm_s8s8(pc, v3, out=out, b_kn=True)
+        ctx = self.buffer("ctx:" + prefix, (B, T, h * d), np.float32)
+        if ctx is None:
+            ctx = np.empty((B, T, h * d), np.float32)
+        fused.merge_heads_into(acc, np.ascontiguousarray(np.float32(p.qp.scale) * sv, np.float32), h, ctx)
+        return ctx
+
+    def _softmax_bias(self, bias: np.ndarray, B: int, h: int, T: int):
+        """fused.softmax_bias_args of the forward's attention bias, built once per forward (every
+        layer reads the same)."""
+        hit = self._bias_args
+        if hit is None or hit[0] is not bias or hit[1] != (B, h, T):
+            hit = self._bias_args = (bias, (B, h, T), fused.softmax_bias_args(np.asarray(bias, np.float32), B, h, T, T))
+        return hit[2]
 
     def _attention_float(self, prefix, q, k, v, bias):
         hh = self.cfg.num_attention_heads
@@ -695,6 +839,16 @@ class QuantExecutor(Executor):
     def add_layer_norm(self, add_name, ln_name, a, b):
         qp = self.qm.site_qparams.get(add_name)
         if qp is None:
+            if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.size
+                    and a.dtype == np.float32 and b.dtype == np.float32 and a.flags.c_contiguous and b.flags.c_contiguous):
+                s, y = self.buffer(add_name, a.shape, np.float32), self.buffer(ln_name + ".out", a.shape, np.float32)
+                if s is not None and y is not None:  # float operands and the executor's buffers: unchecked entry
+                    C = a.shape[-1]
+                    fused.add_layer_norm_into(a.reshape(-1, C), b.reshape(-1, C), self.params[ln_name + ".weight"],
+                                              self.params[ln_name + ".bias"], self.cfg.layer_norm_eps,
+                                              s.reshape(-1, C), y.reshape(-1, C))
+                    s_site = self.site(add_name, s)
+                    return self.layer_norm(ln_name, s_site) if s_site is not s else self.site(ln_name + ".out", y)
             return super().add_layer_norm(add_name, ln_name, a, b)
         out_qp = self.qm.site_qparams.get(ln_name + ".out")
         if self.FUSE_RESIDUAL_LN and not self.sim and _fusable_residual(a, b, qp, out_qp):
@@ -707,10 +861,60 @@ class QuantExecutor(Executor):
         return value
 
 
-def _dyn_key(name: str, x, unsigned: bool, heads: int) -> str:
-    """QuantExecutor._dynamic's cache key: the site, the value's identity (kept alive with the entry)
-    and the form of the codes."""
-    return f"{name}@{id(x)}@{unsigned}@{heads}"
+@dataclasses.dataclass
+class _LayerPlan:
+    """What QuantExecutor.layer needs of one encoder layer, fixed per model: built only where every
+    step of the layer is the plain dynamic one (see build)."""
+
+    attn: str  # prefix.attention.self
+    qkv_out: str  # the stacked GEMM's buffer name
+    in_spec: SiteSpec  # the layer input's (qkv's input) spec
+    qkv: QWeight  # the stacked q/k/v weight
+    qkv_spec: SiteSpec  # q, k and v's common spec
+    probs_qp: QParams
+    linears: tuple  # 3 x (input site, linear name, QWeight, input spec, activation code)
+    norms: tuple  # 2 x (residual site, LayerNorm name, gamma, beta)
+
+    @staticmethod
+    def build(qm: "QuantizedModel", p: str, in_site: str) -> "_LayerPlan | None":
+        """The plan, or None where a step of the layer is not the plain dynamic one: a static site other
+        than the probabilities, codes over 8 bits or as int8 (K past the uint8 bound), differing q/k/v
+        specs, an unstacked q/k/v, weights not on quad panels, an activation without a code."""
+        cfg, specs, static = qm.config, qm.specs, qm.site_qparams
+        attn = f"{p}.attention.self"
+        qkv_outs = [f"{attn}.{n}.out" for n in QKV_PROJECTIONS]
+        lin = [(f"{p}.attention.output.dense.in", f"{p}.attention.output.dense", cfg.hidden_size),
+               (f"{p}.attention.output.LayerNorm.out", f"{p}.intermediate.dense", cfg.hidden_size),
+               (f"{p}.output.dense.in", f"{p}.output.dense", cfg.intermediate_size)]
+        outs = [f"{p}.attention.output.dense.out", f"{p}.attention.output.residual", f"{p}.output.dense.out",
+                f"{p}.output.residual", f"{p}.output.LayerNorm.out", f"{attn}.scores"]
+        probs_qp = static.get(f"{attn}.probs")
+        qkv = qm.qkv_weights.get(attn)
+        weights = [qm.qweights.get(n) for _, n, _ in lin]
+        dyn8 = [specs.get(s) for s in [in_site, *qkv_outs, *(s for s, _, _ in lin)]]
+        if (probs_qp is None or probs_qp.granularity != "tensor" or qkv is None or any(w is None for w in weights)
+                or any(sp is None or sp.mode != "dynamic" or sp.bits > 8 for sp in dyn8)
+                or any(s in static for s in [in_site, *qkv_outs, *(s for s, _, _ in lin), *outs])
+                or any(specs[n] != specs[qkv_outs[0]] for n in qkv_outs)
+                or any(w.packed.layout != "quads" or not w.packed.kq for w in [qkv, *weights])
+                or any(K > kg.K_MAX_U8S8 for _, _, K in [("", "", cfg.hidden_size), *lin])
+                or cfg.hidden_act not in fused.ACT_CODES):
+            return None
+        act = fused.ACT_CODES[cfg.hidden_act]
+        linears = tuple((s, n, w, specs[s], act if j == 1 else fused.ACT_NONE) for j, ((s, n, _), w) in enumerate(zip(lin, weights)))
+        norms = tuple((f"{p}.{r}.residual", f"{p}.{r}.LayerNorm", qm.params[f"{p}.{r}.LayerNorm.weight"],
+                       qm.params[f"{p}.{r}.LayerNorm.bias"]) for r in ("attention.output", "output"))
+        return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, specs[qkv_outs[0]], probs_qp, linears, norms)
+
+
+def _dequant_dynamic(codes: np.ndarray, row_scale: np.ndarray, w: QWeight, act_code: int, out: np.ndarray) -> np.ndarray:
+    """A linear's float output [M, N] from dynamic codes [M, K] (built by _dynamic: uint8 / int8, K
+    within the kernel's limit, M >= 1) and their row scales [M] on quad panels: gemm_dequant's own call
+    without its checks (QWeight settles the weight's scale and bias)."""
+    M = codes.shape[0]
+    rs = np.zeros(-(-M // kg.MR) * kg.MR)  # float64, rows padded to whole tiles with 0
+    rs[:M] = row_scale
+    return kg.dequant_into(codes, _codes_zp(codes, None), w.packed, rs, w.scale, w.bias, act_code, out)
 
 
 def _codes_zp(codes: np.ndarray, qp: QParams | None) -> int:
@@ -890,20 +1094,33 @@ class QuantizedModel(Model):
         """Drop the calling thread's reusable buffers (they only grow: a batch of 64 x 512 tokens leaves
         hundreds of MB behind until the model or the thread goes away); the next forward reallocates."""
         self._scratch_local.bufs = {}
+        self._scratch_local.views = {}
 
     def scratch(self, role: str, shape: tuple, dtype) -> np.ndarray:
         """A reusable buffer per (thread, role): grow-only flat storage viewed as `shape`. For values
         consumed before the role is asked for again (accumulators, QuantExecutor.buffer's roles), never
-        for values that escape a forward. Allocating them fresh cost ~15% of a MiniLM forward in page faults."""
-        ws = getattr(self._scratch_local, "bufs", None)
-        if ws is None:
-            ws = self._scratch_local.bufs = {}
-        n = math.prod(shape)  # (np.prod of a tuple and np.dtype(...) per call cost ~10 us: 40+ calls a forward)
-        key = (role, dtype)
-        buf = ws.get(key)
+        for values that escape a forward. Allocating them fresh cost ~15% of a MiniLM forward in page faults.
+        The views are kept too (one dict lookup per call: a forward asks ~100 times), and dropped
+        whenever a buffer grows, so that every view of a role reads its current storage."""
+        local = self._scratch_local
+        views = getattr(local, "views", None)
+        if views is None:
+            views = local.views = {}
+            local.bufs = getattr(local, "bufs", None) or {}
+        key = (role, shape, dtype)
+        view = views.get(key)
+        if view is not None:
+            return view
+        ws = local.bufs
+        n = math.prod(shape)
+        buf = ws.get((role, dtype))
         if buf is None or buf.size < n:
-            buf = ws[key] = np.empty(n, dtype)
-        return buf[:n].reshape(shape)
+            buf = ws[(role, dtype)] = np.empty(n, dtype)
+            views.clear()
+        if len(views) > 4096:  # many shapes (evaluation over varied lengths): start afresh
+            views.clear()
+        view = views[key] = buf[:n].reshape(shape)
+        return view
 
     @property
     def static_sites(self) -> list[str]:

@@ -162,10 +162,16 @@ def activation(name: str, x: np.ndarray, parallel: bool = True, inplace: bool = 
     if y.size:
         y2 = y.reshape(-1, y.shape[-1])
         if parallel:
-            _activation_rows(y2, ACT_CODES[name])
+            activation_into(y2, ACT_CODES[name])
         else:  # one thread: the span over all rows, no parallel region
             _act_span(y2, ACT_CODES[name], 0, y2.shape[0])
     return y
+
+
+def activation_into(y: np.ndarray, act_code: int) -> None:
+    """activation in place, row-parallel, unchecked: y a non-empty writeable C-contiguous float32 [M, K],
+    act_code a value of ACT_CODES (for callers that built y themselves)."""
+    _activation_rows(y, act_code)
 
 
 # ------------------------------------------------------------------------------------ epilogues
@@ -436,16 +442,29 @@ def softmax_quantize(acc: np.ndarray, seq_scale: np.ndarray, bias: np.ndarray, p
     zp = int(zero_point)
     if not acc.size:
         return out
-    if bias.ndim == 4 and bias.shape[1] == 1 and bias.shape[2] == 1:  # key padding only: one row per sequence
-        key = np.ascontiguousarray(np.broadcast_to(bias[:, 0, 0, :], (B, S)))
-        rel, has_rel = np.zeros((1, S), np.float32), False
-    else:
-        key = np.zeros((B, S), np.float32)
-        rel, has_rel = np.ascontiguousarray(np.broadcast_to(bias, (B, H, T, S))).reshape(B * H * T, S), True
-    _softmax_quantize_core(np.ascontiguousarray(acc).reshape(B * H * T, S), np.ascontiguousarray(seq_scale, np.float32),
-                           key, rel, has_rel, np.float32(p_scale), np.float32(qmin - zp), np.float32(qmax - zp),
-                           np.float32(zp), out.reshape(B * H * T, S))
+    key, rel, has_rel = softmax_bias_args(bias, B, H, T, S)
+    softmax_quantize_into(np.ascontiguousarray(acc).reshape(B * H * T, S), np.ascontiguousarray(seq_scale, np.float32),
+                          key, rel, has_rel, np.float32(p_scale), np.float32(qmin - zp), np.float32(qmax - zp),
+                          np.float32(zp), out.reshape(B * H * T, S))
     return out
+
+
+def softmax_bias_args(bias: np.ndarray, B: int, H: int, T: int, S: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """softmax_quantize's form of its bias: (key bias float32 [B, S], relative bias float32 [B*H*T, S],
+    whether the relative one is used). A key-padding bias [B, 1, 1, S] is one row per sequence; any
+    other broadcastable bias is expanded in full."""
+    if bias.ndim == 4 and bias.shape[1] == 1 and bias.shape[2] == 1:  # key padding only: one row per sequence
+        return np.ascontiguousarray(np.broadcast_to(bias[:, 0, 0, :], (B, S))), np.zeros((1, S), np.float32), False
+    rel = np.ascontiguousarray(np.broadcast_to(bias, (B, H, T, S))).reshape(B * H * T, S)
+    return np.zeros((B, S), np.float32), rel, True
+
+
+def softmax_quantize_into(acc2, seq_scale, key, rel, has_rel: bool, p_scale, lo, hi, zpf, out2) -> None:
+    """softmax_quantize without its checks, for a caller that built every argument as it would
+    (QuantExecutor's hot path): acc2 int32 [B*H*T, S] and out2 [B*H*T, S] C-contiguous, seq_scale float32
+    [B], (key, rel, has_rel) from softmax_bias_args, p_scale float32, lo / hi = qmin / qmax - zero point
+    and zpf = zero point, all float32."""
+    _softmax_quantize_core(acc2, seq_scale, key, rel, has_rel, p_scale, lo, hi, zpf, out2)
 
 
 # ------------------------------------------------------------------------------------ LayerNorm
@@ -529,6 +548,13 @@ def add_layer_norm(a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.nda
         _layer_norm_call(a.reshape(-1, C), b.reshape(-1, C), True, gamma, beta, eps, s.reshape(-1, C), out.reshape(-1, C),
                          parallel)
     return s, out
+
+
+def add_layer_norm_into(a2, b2, gamma, beta, eps: float, s2, out2) -> None:
+    """add_layer_norm, row-parallel, without its checks, for a caller that built every argument as it
+    would (QuantExecutor's hot path): a2, b2, s2, out2 float32 [M, C] C-contiguous, non-empty, the two
+    outputs overlapping neither input nor each other; gamma, beta float32 [C] C-contiguous."""
+    _ln_rows(a2, b2, True, gamma, beta, float(eps), s2, out2)
 
 
 # ------------------------------------------------------------- integer residual sum -> LayerNorm -> codes
@@ -625,5 +651,12 @@ def merge_heads_scaled(acc: np.ndarray, scale: np.ndarray, heads: int, out: np.n
     B = Bh // heads
     out = chk.out_array(out, (B, T, heads * d), np.float32, "merge_heads_scaled", (acc,))
     if out.size:
-        _merge_heads_rows(acc, np.ascontiguousarray(scale, np.float32), heads, out)
+        merge_heads_into(acc, np.ascontiguousarray(scale, np.float32), heads, out)
     return out
+
+
+def merge_heads_into(acc, scale, heads: int, out) -> None:
+    """merge_heads_scaled without its checks, for a caller that built every argument as it would
+    (QuantExecutor's hot path): acc int32 [B*heads, T, d] C-contiguous, scale float32 [B], out float32
+    [B, T, heads*d] C-contiguous, non-empty."""
+    _merge_heads_rows(acc, scale, heads, out)

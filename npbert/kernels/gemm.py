@@ -49,7 +49,7 @@ from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
 from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_dequant_ir,
                                   _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
-from npbert.kernels.fused import ACT_CODES, activation, epilogue, row_scales
+from npbert.kernels.fused import ACT_CODES, ACT_NONE, activation, activation_into, epilogue, row_scales
 
 __all__ = [
     "PackedInt8Weight",
@@ -753,10 +753,22 @@ def gemm_dequant(a, a_zero_point: int, w, row_scale, w_scale, bias=None, act=Non
         rs = np.concatenate([rs, np.zeros(MR - M % MR)])
     ws = C.f32_vector(w_scale, N, "gemm_dequant: w_scale")
     bs = _NO_VEC if bias is None else C.f32_vector(bias, N, "gemm_dequant: bias")
+    return dequant_into(a, zp, pw, rs, ws, None if bias is None else bs, ACT_CODES[act], out)
+
+
+def dequant_into(a, zp: int, pw: PackedInt8Weight, rs, ws, bias, act_code: int, out) -> np.ndarray:
+    """gemm_dequant on quad panels without its checks, for a caller that built every argument as
+    gemm_dequant would (QuantExecutor's hot path, where those checks cost more than a batch-1 GEMM's
+    dispatch): a uint8 / int8 [M, K] C-contiguous, M >= 1, within the K limit, zp as gemm_dequant takes
+    it, rs float64 [M rounded up to whole tiles] (rows past M: 0), ws and bias (or None) float32 [N]
+    C-contiguous, act_code a value of fused.ACT_CODES, out float32 [M, N] C-contiguous, not overlapping
+    a. Returns out."""
     a8, lda, corr = _quads_operands(a, zp, pw)
-    _gemm_quads_dequant_core(a8, lda, M, pw.panels, pw.kq, N, corr, *pw.fixes, rs, ws, bs, bias is not None,
-                             out.reshape(-1))
-    return out if act is None else activation(act, out, inplace=True)
+    _gemm_quads_dequant_core(a8, lda, a.shape[0], pw.panels, pw.kq, pw.n, corr, *pw.fixes, rs, ws,
+                             _NO_VEC if bias is None else bias, bias is not None, out.reshape(-1))
+    if act_code != ACT_NONE:
+        activation_into(out, act_code)
+    return out
 
 
 def gemm_s16s8(a, w, a_zero_point: int = 0) -> np.ndarray:
@@ -952,4 +964,12 @@ def bgemm_u8s8(a, a_zero_point: int, b, out=None, b_kn: bool = False) -> np.ndar
         _bgemm_core(a, zp, b, bool(b_kn), out)
     else:
         out[...] = 0
+    return out
+
+
+def bgemm_into(a, zp: int, b, b_kn: bool, out) -> np.ndarray:
+    """bgemm_s8s8 (zp 0, int8 a) / bgemm_u8s8 (uint8 a) without their checks, for a caller that built
+    every argument as they would (QuantExecutor's attention): a [B, M, K] and b C-contiguous, agreeing
+    in B and K, K >= 1 within the kernel's limit, out int32 [B, M, N] C-contiguous, non-empty. Returns out."""
+    _bgemm_core(a, zp, b, b_kn, out)
     return out

@@ -246,10 +246,19 @@ def quantize_dynamic_rows(x, seg_starts, row_valid=None, bits: int = 8, tmiqr: b
     row_scale = np.empty(M, dtype=np.float32)
     scales = np.empty(S, dtype=np.float32)
     thresholds = np.empty(S, dtype=np.float32)
-    bad = _quantize_dynamic_core(x, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1, UNSIGNED_ZP if unsigned else 0, q, scales,
+    dynamic_rows_into(x, seg, valid, bits, bool(tmiqr), unsigned, q, row_scale, scales, thresholds)
+    return q, row_scale, scales, thresholds
+
+
+def dynamic_rows_into(x, seg, valid, bits: int, tmiqr: bool, unsigned: bool, q, row_scale, scales, thresholds) -> None:
+    """quantize_dynamic_rows without its argument checks, for a caller that built every argument as it
+    would (QuantExecutor's hot path): x float32 [M, K] C-contiguous, seg int64 [S+1], valid bool [M],
+    bits in 2..16 (<= 8 if unsigned), q the codes' array [M, K] (uint8 if unsigned, else int8 / int16 by
+    bits) not overlapping x, row_scale float32 [M], scales / thresholds float32 [S]. Still raises for
+    NaN/Inf in a valid row and for bad segments (the data, not the call, decides those)."""
+    bad = _quantize_dynamic_core(x, seg, valid, tmiqr, (1 << (bits - 1)) - 1, UNSIGNED_ZP if unsigned else 0, q, scales,
                                  thresholds, row_scale)
     _raise_bad(bad, x, seg)
-    return q, row_scale, scales, thresholds
 
 
 def quantize_dynamic_heads(x, heads: int, seg_starts, row_valid=None, bits: int = 8, tmiqr: bool = False, out=None,
@@ -316,10 +325,23 @@ def _heads_blocks(x, heads, c0s, width, seg_starts, row_valid, bits, tmiqr, out,
     row_scale = np.empty((nb, B * T), dtype=np.float32)
     scales = np.empty((nb, S), dtype=np.float32)
     thresholds = np.empty((nb, S), dtype=np.float32)
-    bad, i = _quantize_dynamic_heads_core(x2, np.array(c0s, np.int64), width, seg, valid, bool(tmiqr), (1 << (bits - 1)) - 1,
-                                          heads, T, out.reshape(nb, B * heads * T, d), scales, thresholds, row_scale)
-    _raise_bad(bad, x2[:, c0s[i]:c0s[i] + width], seg, what if nb == 1 else f"{what} (part {i})", T)
+    heads_into(x2, np.array(c0s, np.int64), width, seg, valid, bits, bool(tmiqr), heads, T, out, row_scale, scales,
+               thresholds, what)
     return out, row_scale, scales, thresholds
+
+
+def heads_into(x2, c0s, width: int, seg, valid, bits: int, tmiqr: bool, heads: int, T: int, out, row_scale, scales,
+               thresholds, what: str = "quantize_dynamic_heads") -> None:
+    """The head-major quantizers' call without their argument checks, for a caller that built every
+    argument as they would (QuantExecutor's hot path): x2 float32 [B*T, W] C-contiguous, c0s int64 [nb]
+    column blocks of `width` (heads divides it) inside W, seg int64 [S+1], valid bool [B*T], bits
+    2..8, out int8 [nb, B, heads, T, width/heads] C-contiguous not overlapping x2, row_scale float32
+    [nb, B*T], scales / thresholds float32 [nb, S]. Still raises for NaN/Inf in a valid row (naming
+    the sequence, the token and, for several blocks, the part)."""
+    nb, d = c0s.shape[0], width // heads
+    bad, i = _quantize_dynamic_heads_core(x2, c0s, width, seg, valid, tmiqr, (1 << (bits - 1)) - 1, heads, T,
+                                          out.reshape(nb, -1, d), scales, thresholds, row_scale)
+    _raise_bad(bad, x2[:, c0s[i]:c0s[i] + width], seg, what if nb == 1 else f"{what} (part {i})", T)
 
 
 # ------------------------------------------------------------------------------------------- static

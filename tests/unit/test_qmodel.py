@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from npbert.errors import CalibrationError, QuantError
+from npbert.errors import CalibrationError, InputError, QuantError
 from npbert.model import load_model
 from npbert.qmodel import (RECIPES, fold_permutation, get_recipe, load_quantized, quantize_model, site_errors)
 
@@ -102,9 +102,11 @@ def test_fused_qkv_is_bit_identical_and_shares_the_weight_bytes(minilm_dir, reci
         assert all(np.shares_memory(p.scale, w.scale) and np.shares_memory(p.bias, w.bias) for p in parts)
         assert sum(p.packed.panels.nbytes for p in parts) == w.packed.panels.nbytes
     b = m.tokenizer.encode(REAL_TEXTS[:3])
-    layer_gemms = ["gemm_s8s8", "gemm_u8s8", "gemm_dequant"]
+    layer_gemms = ["gemm_s8s8", "gemm_u8s8", "dequant_into"]  # (quad-panel float outputs, checked or not: dequant_into)
     calls = _count_calls(monkeypatch, kg, *layer_gemms)
+    layer_runs = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")  # the fused layer's (not on pair panels)
     out = qm.forward(b).last_hidden_state.copy()
+    assert len(layer_runs) == (0 if recipe == "dynamic:weights=channel" else 3 * L)
     fused_calls = len(calls)
     monkeypatch.setattr(QuantExecutor, "FUSE_QKV", False)
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
@@ -148,7 +150,7 @@ def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, 
     L = tiny32.config.num_hidden_layers
     assert len(qm.qkv_weights) == L
     b = tiny32.tokenizer.encode(TINY_TEXTS)
-    calls = _count_calls(monkeypatch, kg, "gemm_s8s8", "gemm_u8s8", "gemm_s16s8", "gemm_dequant", "gemm_grouped")
+    calls = _count_calls(monkeypatch, kg, "gemm_s8s8", "gemm_u8s8", "gemm_s16s8", "dequant_into", "gemm_grouped")
     out = qm.forward(b).last_hidden_state.copy()
     fused_calls = len(calls)
     for switch, value in (("FUSE_QKV_HEADS", False), ("FUSE_QKV_MAX_ROWS", 0), ("FUSE_QKV", False)):
@@ -156,6 +158,52 @@ def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, 
         n0 = len(calls)
         np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
         assert len(calls) - n0 == fused_calls + (0 if switch == "FUSE_QKV_HEADS" else 2 * L)
+
+
+@pytest.mark.parametrize("recipe,overrides,fused", [  # (7-bit weights: tiny32's random 8-bit ones pack as pairs)
+    ("dynamic:wbits=7", (), True), ("tm-iqr:wbits=7", (), True), ("dynamic:wbits=7:emb=int8", (), True),
+    ("dynamic:wbits=7:tmiqr=all", (), True),
+    ("dynamic:wbits=7", ("encoder.layer.1.*.query.out=bits:7",), "not layer 1"),  # q, k, v specs differ there
+    ("dynamic:wbits=7:ff2bits=16", (), False),  # int16 FF2 codes
+    ("dynamic:wbits=7", ("*.attention.self.*.out=off",), False),  # float attention
+    ("dynamic", (), False),  # weights on pair panels
+    ("w8a8:wbits=7", (), False),  # static sites
+])
+def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, monkeypatch):
+    """QuantExecutor.layer runs a plain dynamic layer as one run of kernel calls: on padded batches the
+    outputs equal the hooks' one by one (FUSE_LAYERS off) bit for bit; it ran for exactly the layers
+    it covers (three linears each), and for none past FUSE_QKV_MAX_ROWS."""
+    from npbert.qmodel import QuantExecutor
+
+    qm = quantize_model(tiny32, recipe, calibration=TINY_TEXTS, overrides=list(overrides))
+    L = tiny32.config.num_hidden_layers
+    b = tiny32.tokenizer.encode(TINY_TEXTS)
+    assert not b.attention_mask.all()  # padding: the segments and the key mask matter
+    calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
+    out = qm.forward(b).last_hidden_state.copy()
+    assert len(calls) == 3 * {True: L, False: 0, "not layer 1": L - 1}[fused]
+    for switch, value in (("FUSE_QKV_MAX_ROWS", b.input_ids.size - 1), ("FUSE_LAYERS", False)):
+        monkeypatch.setattr(QuantExecutor, switch, value)
+        n0 = len(calls)
+        np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+        assert len(calls) == n0
+
+
+@pytest.mark.parametrize("fuse_layers", [True, False])
+def test_nonfinite_activations_raise_naming_the_token(tiny32, fuse_layers, monkeypatch):
+    """A NaN inside the encoder (a LayerNorm weight, here) stops the integer forward with InputError
+    naming the first bad row, fused layer or hooks alike."""
+    from npbert.model import Model
+    from npbert.qmodel import QuantExecutor
+
+    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", fuse_layers)
+    params = dict(tiny32.params)
+    gamma = params["encoder.layer.0.output.LayerNorm.weight"].copy()
+    gamma[3] = np.nan
+    params["encoder.layer.0.output.LayerNorm.weight"] = gamma
+    qm = quantize_model(Model(tiny32.config, params, tiny32.tokenizer, tiny32.pooling, "nan"), "dynamic")
+    with pytest.raises(InputError, match="quantize_dynamic: NaN in row 0; the activations are not finite"):
+        qm.forward(tiny32.tokenizer.encode(TINY_TEXTS[:2]))
 
 
 def test_fold_permutation_keeps_fp32_outputs(tiny):
@@ -520,7 +568,7 @@ def test_gemm_dequant_and_unsigned_codes_are_bit_identical(tiny, recipe, monkeyp
 
     qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
     b = tiny.tokenizer.encode(TINY_TEXTS)
-    calls = _count_calls(monkeypatch, kg, "gemm_dequant")
+    calls = _count_calls(monkeypatch, kg, "dequant_into")  # (gemm_dequant's quad-panel call, checked or not)
     out = qm.forward(b).last_hidden_state.copy()
     quads = sum(w.packed.layout == "quads" for w in qm.qweights.values())
     if recipe != "w8a8-mp":  # (w8a8-mp's linears write codes, not floats: linear_site)
