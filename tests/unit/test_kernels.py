@@ -829,6 +829,35 @@ def test_quantize_dynamic_padding_rows_do_not_change_scales():
         _eq(q2, qr)
 
 
+@pytest.mark.parametrize("bits", [2, 8, 16])
+def test_quantize_dynamic_threshold_edges_equal_reference(bits):
+    """The clip to [-t, t] is left out where the clamp implies it (t >= 2^-100, quantize._CLIP_FREE_T):
+    on both sides of that bound, at t = 0 (scale 1.0), with tiny thresholds whose scales are subnormal,
+    near float32's largest values, and with padding rows far outside [-t, t], the codes are the
+    reference's (which always clips), for the row and the head-major quantizers alike."""
+    from npbert.kernels.quantize import _CLIP_FREE_T, quantize_dynamic_heads
+
+    rng = _rng(900 + bits)
+    M, K = 12, 32
+    edge = float(_CLIP_FREE_T)
+    for amax in (0.0, 1e-38, 1e-33, np.nextafter(np.float32(edge), np.float32(0)), edge, 3.0, 3.0e38):
+        x = (rng.uniform(-1, 1, (M, K)) * np.float32(amax)).astype(np.float32)
+        x[0, 0] = np.float32(amax)  # the threshold is met exactly
+        valid = np.ones(M, bool)
+        valid[[4, 9]] = False  # padding: values far outside [-t, t], and non-finite ones
+        x[4] = rng.choice([5.3, -7.0, 1e30, -3e38], K).astype(np.float32)
+        x[9] = rng.choice([np.inf, -np.inf, np.nan, 2.0], K).astype(np.float32)
+        seg = np.array([0, 6, M])
+        for tm in (False, True):
+            q, s, t = quantize_dynamic(x, seg, valid, bits=bits, tmiqr=tm)
+            qr, sr, tr = R.quantize_dynamic_ref(x, seg, valid, bits=bits, tmiqr=tm)
+            _eq(q, qr)
+            _eq(s, sr)
+            if bits <= 8:
+                qh = quantize_dynamic_heads(x.reshape(2, 6, K), 4, seg, valid, bits=bits, tmiqr=tm)[0]
+                _eq(qh, qr.reshape(2, 6, 4, K // 4).transpose(0, 2, 1, 3))
+
+
 def test_quantize_dynamic_zero_and_symmetry():
     x = np.zeros((4, 8), np.float32)
     q, s, t = quantize_dynamic(x, np.array([0, 2, 4]), None)
