@@ -783,9 +783,7 @@ class QuantExecutor(Executor):
         codes = self.buffer("codes:" + prefix + ".probs", (B, h, T, T), probs_qp.int_dtype)
         if codes is None:
             codes = np.empty((B, h, T, T), probs_qp.int_dtype)
-        zp, lo, hi, sc = _prepared(self.qm.prepared, ("softmax-grid", probs_qp), lambda: (  # as softmax_quantize
-            np.float32(int(probs_qp.zero_point)), np.float32(probs_qp.qmin - int(probs_qp.zero_point)),
-            np.float32(probs_qp.qmax - int(probs_qp.zero_point)), np.float32(probs_qp.scale)))
+        zp, lo, hi, sc = _prepared(self.qm.prepared, ("softmax-grid", probs_qp), lambda: _softmax_grid(probs_qp))
         fused.softmax_quantize_into(acc.reshape(B * h * T, T), seq_scale, *self._softmax_bias(bias, B, h, T), sc, lo, hi,
                                     zp, codes.reshape(B * h * T, T))
         return self._context_int(prefix, self._emit(prefix + ".probs", QTensor(codes, probs_qp)), v8, sv)
@@ -798,11 +796,9 @@ class QuantExecutor(Executor):
         v3 = v8.reshape(B * h, T, d)  # V as stored: [T, d] per head, packed transposed (b_kn)
         pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
         out = self.qm.scratch("context", (B * h, T, d), np.int32)
-        if pc.dtype == np.uint8:
-            acc = kg.bgemm_u8s8(pc, zp, v3, out=out, b_kn=True)
-        elif pc.dtype == np.int8 and zp == 0:
-            acc = kg.bgemm_into(pc, 0, v3, True, out)
-        else:
+        if T <= kg.K_MAX_U8S8 and ((pc.dtype == np.uint8 and 0 <= zp <= 255) or (pc.dtype == np.int8 and zp == 0)):
+            acc = kg.bgemm_into(pc, zp, v3, True, out)
+        else:  # (an int8 grid with a zero point: bgemm_s8s8 reads the codes as they are)
             acc = kg.bgemm_s8s8(pc, v3, out=out, b_kn=True)
         ctx = self.buffer("ctx:" + prefix, (B, T, h * d), np.float32)
         if ctx is None:
@@ -905,6 +901,13 @@ class _LayerPlan:
         norms = tuple((f"{p}.{r}.residual", f"{p}.{r}.LayerNorm", qm.params[f"{p}.{r}.LayerNorm.weight"],
                        qm.params[f"{p}.{r}.LayerNorm.bias"]) for r in ("attention.output", "output"))
         return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, specs[qkv_outs[0]], probs_qp, linears, norms)
+
+
+def _softmax_grid(qp: QParams) -> tuple:
+    """softmax_quantize_into's (zero point, qmin - zp, qmax - zp, scale) as float32, as softmax_quantize
+    derives them."""
+    zp = int(qp.zero_point)
+    return np.float32(zp), np.float32(qp.qmin - zp), np.float32(qp.qmax - zp), np.float32(qp.scale)
 
 
 def _dequant_dynamic(codes: np.ndarray, row_scale: np.ndarray, w: QWeight, act_code: int, out: np.ndarray) -> np.ndarray:
