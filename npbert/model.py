@@ -292,11 +292,15 @@ def attention_bias(params: dict, cfg: BertConfig, attention_mask: np.ndarray) ->
 def embed_tokens(params: dict, cfg: BertConfig, ids: np.ndarray, types: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
     """[B, T] ids -> [B, T, C] sum of word, position (and token type) embeddings. words: the [B, T, C]
     word rows when the executor looks them up itself (an int8 table), else read from params."""
-    e = params["embeddings.word_embeddings.weight"][ids] if words is None else words
-    e = e + params["embeddings.position_embeddings.weight"][position_ids(cfg, ids)]
-    if cfg.family != "mpnet":
-        e = e + params["embeddings.token_type_embeddings.weight"][types]
-    return e
+    B, T = ids.shape
+    if words is None:
+        table, rows = params["embeddings.word_embeddings.weight"], ids
+    else:
+        table, rows = words.reshape(B * T, -1), np.arange(B * T)
+    bert = cfg.family != "mpnet"
+    e = fused.embed_sum(table, rows, params["embeddings.position_embeddings.weight"], position_ids(cfg, ids),
+                        params["embeddings.token_type_embeddings.weight"] if bert else None, types if bert else None)
+    return e.reshape(B, T, -1)
 
 
 def encoder_forward(

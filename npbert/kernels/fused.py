@@ -467,6 +467,49 @@ def softmax_quantize_into(acc2, seq_scale, key, rel, has_rel: bool, p_scale, lo,
     _softmax_quantize_core(acc2, seq_scale, key, rel, has_rel, p_scale, lo, hi, zpf, out2)
 
 
+# ----------------------------------------------------------------------------------- embeddings
+
+
+@jit(parallel=True, ieee=True)
+def _embed_rows(words, word_idx, pos_tab, pos_idx, type_tab, type_idx, has_types, out):
+    """out[r] = (words[word_idx[r]] + pos_tab[pos_idx[r]]) + type_tab[type_idx[r]] (the last term only
+    with has_types), in float32 in that order: NumPy's gather-then-add bits.   # -> out [R, C]"""
+    C = out.shape[1]
+    for r in prange(out.shape[0]):
+        w, p, o = words[word_idx[r]], pos_tab[pos_idx[r]], out[r]
+        if has_types:
+            t = type_tab[type_idx[r]]
+            for k in range(C):
+                o[k] = (w[k] + p[k]) + t[k]
+        else:
+            for k in range(C):
+                o[k] = w[k] + p[k]
+
+
+def embed_sum(words: np.ndarray, word_idx: np.ndarray, pos_tab: np.ndarray, pos_idx: np.ndarray,
+              type_tab: np.ndarray | None, type_idx: np.ndarray | None) -> np.ndarray:
+    """Embedding rows summed in one pass: float32 [R, C] = words[word_idx] + pos_tab[pos_idx]
+    (+ type_tab[type_idx]), the tables float32 [*, C], the indices int [R] within their tables (checked
+    here: the kernel reads without bounds checks). NumPy's three gathers and two adds, bit for bit,
+    without their [R, C] temporaries."""
+    tabs = [np.ascontiguousarray(t, np.float32) for t in (words, pos_tab, words if type_tab is None else type_tab)]
+    C = tabs[0].shape[1]
+    idx = []
+    for name, t, ix in zip(("word", "position", "token type"), tabs, (word_idx, pos_idx, word_idx if type_idx is None else type_idx)):
+        ix = np.ascontiguousarray(ix, np.int64).reshape(-1)
+        if t.ndim != 2 or t.shape[1] != C:
+            raise InputError(f"embed_sum: the {name} table must be [*, {C}], got {t.shape}")
+        if ix.size and (ix.min() < 0 or ix.max() >= t.shape[0]):
+            raise InputError(f"embed_sum: {name} indices must lie in [0, {t.shape[0]}); got {ix.min()}..{ix.max()}")
+        idx.append(ix)
+    if not idx[0].size == idx[1].size == idx[2].size:
+        raise InputError(f"embed_sum: the indices must have one length, got {[i.size for i in idx]}")
+    out = np.empty((idx[0].size, C), np.float32)
+    if out.size:
+        _embed_rows(tabs[0], idx[0], tabs[1], idx[1], tabs[2], idx[2], type_tab is not None, out)
+    return out
+
+
 # ------------------------------------------------------------------------------------ LayerNorm
 
 

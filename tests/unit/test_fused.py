@@ -364,3 +364,25 @@ def test_out_buffers_refuse_overlap_and_take_sequences_of_scales():
     np.testing.assert_array_equal(F.epilogue(a2, [0.5, 0.25, 2.0], ws, None), F.epilogue(a2, np.array([0.5, 0.25, 2.0]), ws, None))
     with pytest.raises(InputError, match="row_scale"):
         F.epilogue(a2, np.ones((3, 1)), ws, None)
+
+
+def test_embed_sum_is_numpys_gathers_and_adds():
+    """Word + position (+ token type) rows summed in one pass equal NumPy's gathers and adds bit for
+    bit (the same float32 additions in the same order), with and without the type table, from a word
+    table or from given rows; indices outside a table, tables of another width and indices of
+    different lengths are refused before the unchecked kernel reads anything."""
+    rng = np.random.default_rng(21)
+    C = 24
+    words, pos, types = (rng.standard_normal((n, C)).astype(np.float32) * s for n, s in ((50, 1.0), (16, 0.1), (2, 3.0)))
+    wi, pi, ti = rng.integers(0, 50, 37), rng.integers(0, 16, 37), rng.integers(0, 2, 37)
+    np.testing.assert_array_equal(F.embed_sum(words, wi, pos, pi, types, ti), (words[wi] + pos[pi]) + types[ti])
+    np.testing.assert_array_equal(F.embed_sum(words, wi, pos, pi, None, None), words[wi] + pos[pi])
+    rows = words[wi]
+    np.testing.assert_array_equal(F.embed_sum(rows, np.arange(37), pos, pi, types, ti), (rows + pos[pi]) + types[ti])
+    assert F.embed_sum(words, wi[:0], pos, pi[:0], None, None).shape == (0, C)
+    for bad, match in (((words, wi, pos, pi + 16, types, ti), "position indices must lie in \\[0, 16\\)"),
+                       ((words, np.r_[wi[:-1], -1], pos, pi, None, None), "word indices"),
+                       ((words, wi, pos[:, :5], pi, None, None), "position table must be \\[\\*, 24\\]"),
+                       ((words, wi, pos, pi[:3], None, None), "one length")):
+        with pytest.raises(InputError, match=match):
+            F.embed_sum(*bad)
