@@ -599,7 +599,15 @@ _ATT_GLUE, _GLUE = "attention glue (head split/merge copies, score scaling)", "P
 PROBES = (
     *(("npbert.kernels.gemm", f, _INT8_GEMM) for f in ("gemm_s8s8", "gemm_s16s8", "gemm_u8s8", "gemm_grouped",
                                                         "gemm_dequant")),  # (dequant: epilogue in its registers)
-    *(("npbert.kernels.gemm", f, "GEMM: attention QK^T / PV (int8 kernels)") for f in ("bgemm_s8s8", "bgemm_u8s8")),
+    ("npbert.kernels.gemm", "dequant_into", _INT8_GEMM),  # (the executor's unchecked entries, and the checked calls' cores)
+    *(("npbert.kernels.gemm", f, "GEMM: attention QK^T / PV (int8 kernels)") for f in ("bgemm_s8s8", "bgemm_u8s8",
+                                                                                       "bgemm_into")),
+    *(("npbert.kernels.quantize", f, _QUANT) for f in ("dynamic_rows_into", "heads_into")),
+    ("npbert.kernels.gemm", "activation_into", "GELU"),  # (gemm's own reference: dequant_into's activation)
+    ("npbert.kernels.fused", "activation_into", "GELU"),
+    ("npbert.kernels.fused", "softmax_quantize_into", "softmax"),
+    ("npbert.kernels.fused", "merge_heads_into", _ATT_GLUE),
+    ("npbert.kernels.fused", "add_layer_norm_into", "residual add + LayerNorm"),
     *(("npbert.kernels.quantize", f, _QUANT) for f in ("quantize_dynamic", "quantize_dynamic_rows", "quantize_static",
                                                          "quantize_static_grouped")),
     *(("npbert.kernels.quantize", f, "residual add") for f in ("add_requant", "add_requant_grouped")),
@@ -621,7 +629,10 @@ PROBES = (
     ("npbert.qmodel:QuantExecutor", "_matmul", _EPI),
     ("npbert.qmodel:QuantExecutor", "add", "residual add"),
     *(("npbert.qmodel:QuantExecutor", f, _ATT_GLUE) for f in ("attention", "_heads_codes")),
-    *(("npbert.qmodel:QuantExecutor", f, _GLUE) for f in ("linear", "linear_site", "site")),
+    *(("npbert.qmodel:QuantExecutor", f, _GLUE) for f in ("linear", "linear_site", "site", "layer", "_linear_rows",
+                                                          "_residual_ln")),
+    *(("npbert.qmodel:QuantExecutor", f, _QUANT) for f in ("_rows_codes", "_split_heads")),
+    *(("npbert.qmodel:QuantExecutor", f, _ATT_GLUE) for f in ("_attention_int", "_context_int")),
 )
 PHASES = {f"{owner}.{attr}": phase for owner, attr, phase in PROBES}  # label -> phase group
 

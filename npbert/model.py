@@ -308,6 +308,9 @@ def encoder_forward(
 ):
     """-> last hidden state [B, T, C] (a value of the executor)."""
     B, T = ids.shape
+    for what, a in (("attention mask", mask), ("token type ids", types)):
+        if np.shape(a) != (B, T):
+            raise InputError(f"the {what} has shape {np.shape(a)}: it must have the shape of the token ids, {(B, T)}")
     if T > cfg.max_tokens:
         raise InputError(f"sequence length {T} exceeds the model's {cfg.max_tokens} positions; truncate the input")
     if ids.min() < 0 or ids.max() >= cfg.vocab_size:

@@ -35,7 +35,7 @@ from npbert.kernels import fused
 from npbert.kernels import gemm as kg
 from npbert.kernels import quantize as kq
 from npbert.kernels import reference as kref
-from npbert.model import QKV_PROJECTIONS, Executor, Model, Output, linear_names, layer_prefix
+from npbert.model import QKV_PROJECTIONS, Executor, Model, Output, expected_shapes, linear_names, layer_prefix
 from npbert.quant import peg
 from npbert.quant.estimators import ESTIMATORS, make_estimator
 from npbert.quant.qparams import QParams, check_bits, qparams_from_range
@@ -349,6 +349,8 @@ def _segments(mask: np.ndarray | None, rows_per_seq: int, n_rows: int) -> tuple[
     B = n_rows // rows_per_seq
     seg = np.arange(B + 1, dtype=np.int64) * rows_per_seq
     valid = np.ones(n_rows, bool) if mask is None else (mask.reshape(-1) > 0)
+    if valid.size != n_rows:  # (the quantizers' unchecked entries read one entry per row)
+        raise InputError(f"the attention mask has {valid.size} entries for {n_rows} rows; pass one per token")
     return seg, valid
 
 
@@ -720,6 +722,8 @@ class QuantExecutor(Executor):
         if not (self.FUSE_LAYERS and not self.sim and self.REUSE_OUTPUTS and self.FUSE_QKV and self.FUSE_QKV_HEADS
                 and self.DYN_UNSIGNED_CODES and self.FUSE_GEMM_DEQUANT and self.FUSE_SOFTMAX):
             return None
+        if type(self).site is not QuantExecutor.site or type(self)._emit is not QuantExecutor._emit:
+            return None  # a subclass that watches site values gets them from the hooks
         return _prepared(self.qm.prepared, ("layer-plan", prefix, in_site), lambda: _LayerPlan.build(self.qm, prefix, in_site))
 
     # ---- attention
@@ -877,6 +881,7 @@ class _LayerPlan:
         than the probabilities, codes over 8 bits or as int8 (K past the uint8 bound), differing q/k/v
         specs, an unstacked q/k/v, weights not on quad panels, an activation without a code."""
         cfg, specs, static = qm.config, qm.specs, qm.site_qparams
+        C, I = cfg.hidden_size, cfg.intermediate_size
         attn = f"{p}.attention.self"
         qkv_outs = [f"{attn}.{n}.out" for n in QKV_PROJECTIONS]
         lin = [(f"{p}.attention.output.dense.in", f"{p}.attention.output.dense", cfg.hidden_size),
@@ -893,6 +898,7 @@ class _LayerPlan:
                 or any(s in static for s in [in_site, *qkv_outs, *(s for s, _, _ in lin), *outs])
                 or any(specs[n] != specs[qkv_outs[0]] for n in qkv_outs)
                 or any(w.packed.layout != "quads" or not w.packed.kq for w in [qkv, *weights])
+                or [(w.packed.n, w.packed.k) for w in [qkv, *weights]] != [(3 * C, C), (C, C), (I, C), (C, I)]
                 or any(K > kg.K_MAX_U8S8 for _, _, K in [("", "", cfg.hidden_size), *lin])
                 or cfg.hidden_act not in fused.ACT_CODES):
             return None
@@ -1237,6 +1243,7 @@ class QuantizedModel(Model):
         not a multiple of the panel width, different panel layouts ("auto" picks per weight), or a
         bias on some of the three only. Derived from qweights: rebuild after replacing any of them."""
         self.qkv_weights = {}
+        self.prepared.clear()  # (layer plans hold the QWeights)
         for i in range(self.config.num_hidden_layers):
             prefix = f"{layer_prefix(i)}.attention.self"
             parts = [self.qweights.get(f"{prefix}.{n}") for n in QKV_PROJECTIONS]
@@ -1520,6 +1527,13 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
             word_emb = (np.array(t[WORD_EMB + ".q"]), np.array(t[WORD_EMB + ".scale"]))
         except KeyError:
             raise QuantError(f"{model_dir / QUANT_TENSORS}: the int8 word embeddings of recipe {recipe.name!r} are missing; re-save") from None
+    want = expected_shapes(cfg, with_pooler="pooler.dense.bias" in params)
+    bad = [(k, tuple(v.shape), want[k]) for k, v in params.items() if k in want and tuple(v.shape) != want[k]]
+    bad += [(k + ".q", tuple(t[k + ".q"].shape), want[k]) for k in (n + ".weight" for n in linear_names(cfg))
+            if k + ".q" in t and tuple(t[k + ".q"].shape) != want[k]]
+    if bad:
+        k, got, exp = bad[0]
+        raise QuantError(f"{model_dir / QUANT_TENSORS}: tensor {k!r} has shape {got}, its config implies {exp}; re-save")
     qweights = {}
     for n in linear_names(cfg):
         try:

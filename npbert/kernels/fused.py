@@ -493,9 +493,11 @@ def embed_sum(words: np.ndarray, word_idx: np.ndarray, pos_tab: np.ndarray, pos_
     here: the kernel reads without bounds checks). NumPy's three gathers and two adds, bit for bit,
     without their [R, C] temporaries."""
     tabs = [np.ascontiguousarray(t, np.float32) for t in (words, pos_tab, words if type_tab is None else type_tab)]
-    C = tabs[0].shape[1]
+    C = tabs[0].shape[-1]
     idx = []
     for name, t, ix in zip(("word", "position", "token type"), tabs, (word_idx, pos_idx, word_idx if type_idx is None else type_idx)):
+        if np.asarray(ix).dtype.kind not in "iu":
+            raise InputError(f"embed_sum: {name} indices must be integers, got dtype {np.asarray(ix).dtype}")
         ix = np.ascontiguousarray(ix, np.int64).reshape(-1)
         if t.ndim != 2 or t.shape[1] != C:
             raise InputError(f"embed_sum: the {name} table must be [*, {C}], got {t.shape}")

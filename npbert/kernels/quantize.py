@@ -88,7 +88,7 @@ def _segment_stats(row_abs, row_bits, seg, valid, tmiqr, qmax, scales, threshold
 
 # A threshold t at or above this quantizes without clipping to [-t, t] first: the clamp to +-fq
 # gives the same codes. scale = fl(t / fq) is then a normal float (t / fq > 2^-126), so fl(t / scale)
-# lies within fq * 3 * 2^-24 < 0.005 of fq and rounds to fq; division by a positive scale and rint
+# lies within fq * 3 * 2^-24 < 0.006 of fq and rounds to fq; division by a positive scale and rint
 # are monotone, so every v beyond t lands at or past +-fq, where the clamp puts it, as the clip
 # would (+-inf too; NaN -> 0 either way). Below it (t = 0 gives scale 1.0, and padding rows hold
 # values of any size) the clip stays. Saves two of the loop's ~13 vector operations.

@@ -214,6 +214,22 @@ def test_bad_token_ids():
         m.forward(Batch(ids, np.ones_like(ids), np.zeros_like(ids), np.zeros(1, bool)))
 
 
+@pytest.mark.parametrize("recipe", [None, "dynamic"])
+def test_mask_or_types_of_another_shape(recipe):
+    """An attention mask or token types not shaped like the ids is refused before any kernel reads it
+    (the quantizers read one mask entry per row)."""
+    from npbert.io.tokenizer import Batch
+    from npbert.qmodel import quantize_model
+
+    m = load_model(TINY)
+    m = m if recipe is None else quantize_model(m, recipe)
+    ids = np.array([[2, 5, 3], [2, 6, 3]])
+    for mask, types in ((np.ones((1, 3)), np.zeros_like(ids)), (np.ones((2, 2)), np.zeros_like(ids)),
+                        (np.ones_like(ids), np.zeros((2, 1), np.int64))):
+        with pytest.raises(InputError, match="must have the shape of the token ids"):
+            m.forward(Batch(ids, mask, types, np.zeros(2, bool)))
+
+
 def test_classify_needs_head():
     m = load_model(GOLDEN / "tiny-bert-token")
     with pytest.raises(UnsupportedModelError, match="no sequence-classification head"):

@@ -383,6 +383,7 @@ def test_embed_sum_is_numpys_gathers_and_adds():
     for bad, match in (((words, wi, pos, pi + 16, types, ti), "position indices must lie in \\[0, 16\\)"),
                        ((words, np.r_[wi[:-1], -1], pos, pi, None, None), "word indices"),
                        ((words, wi, pos[:, :5], pi, None, None), "position table must be \\[\\*, 24\\]"),
-                       ((words, wi, pos, pi[:3], None, None), "one length")):
+                       ((words, wi, pos, pi[:3], None, None), "one length"),
+                       ((words, wi + 0.5, pos, pi, None, None), "word indices must be integers")):
         with pytest.raises(InputError, match=match):
             F.embed_sum(*bad)

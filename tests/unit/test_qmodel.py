@@ -183,16 +183,46 @@ def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, monkeypa
     out = qm.forward(b).last_hidden_state.copy()
     assert len(calls) == 3 * {True: L, False: 0, "not layer 1": L - 1}[fused]
     for switch, value in (("FUSE_QKV_MAX_ROWS", b.input_ids.size - 1), ("FUSE_LAYERS", False)):
-        monkeypatch.setattr(QuantExecutor, switch, value)
-        n0 = len(calls)
-        np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
-        assert len(calls) == n0
+        with monkeypatch.context() as mp:  # one switch at a time: the second compares with the stacked hooks
+            mp.setattr(QuantExecutor, switch, value)
+            n0 = len(calls)
+            np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+            assert len(calls) == n0
+
+
+def test_fused_layer_with_mpnet_relative_bias_is_bit_identical(monkeypatch):
+    """MPNet's attention bias is a full [B, h, T, T] relative bias plus the key mask (softmax's rel
+    path), and its positions count from pad + 1: a random 2-layer MPNet with whole panels (C = 32) runs
+    fused and equals its hooks bit for bit on a padded batch."""
+    from npbert.config import BertConfig
+    from npbert.io.tokenizer import Batch
+    from npbert.model import Model, Pooling, expected_shapes
+    from npbert.qmodel import QuantExecutor
+
+    cfg = BertConfig.from_dict(dict(model_type="mpnet", architectures=["MPNetModel"], vocab_size=50, hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+                                    max_position_embeddings=40, pad_token_id=1, relative_attention_num_buckets=32))
+    rng = np.random.default_rng(40)
+    params = {k: (rng.standard_normal(shape) * (1.0 if k.endswith("LayerNorm.weight") else 0.3)).astype(np.float32)
+              for k, shape in expected_shapes(cfg, with_pooler=False).items()}
+    qm = quantize_model(Model(cfg, params, None, Pooling(), "mpnet32"), "dynamic:wbits=7")
+    ids = np.full((3, 11), 1, np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate((11, 6, 2)):
+        ids[i, :n], mask[i, :n] = rng.choice(np.r_[0, 2:50], n), 1
+    b = Batch(ids, mask, np.zeros_like(ids), np.zeros(3, bool))
+    calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
+    out = qm.forward(b).last_hidden_state.copy()
+    assert len(calls) == 3 * cfg.num_hidden_layers
+    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", False)
+    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+    assert len(calls) == 3 * cfg.num_hidden_layers
 
 
 @pytest.mark.parametrize("fuse_layers", [True, False])
-def test_nonfinite_activations_raise_naming_the_token(tiny32, fuse_layers, monkeypatch):
+def test_nonfinite_activations_raise_naming_the_row(tiny32, fuse_layers, monkeypatch):
     """A NaN inside the encoder (a LayerNorm weight, here) stops the integer forward with InputError
-    naming the first bad row, fused layer or hooks alike."""
+    naming the first bad row, fused layer (which ran layer 0) or hooks alike."""
     from npbert.model import Model
     from npbert.qmodel import QuantExecutor
 
@@ -201,9 +231,11 @@ def test_nonfinite_activations_raise_naming_the_token(tiny32, fuse_layers, monke
     gamma = params["encoder.layer.0.output.LayerNorm.weight"].copy()
     gamma[3] = np.nan
     params["encoder.layer.0.output.LayerNorm.weight"] = gamma
-    qm = quantize_model(Model(tiny32.config, params, tiny32.tokenizer, tiny32.pooling, "nan"), "dynamic")
+    qm = quantize_model(Model(tiny32.config, params, tiny32.tokenizer, tiny32.pooling, "nan"), "dynamic:wbits=7")
+    calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
     with pytest.raises(InputError, match="quantize_dynamic: NaN in row 0; the activations are not finite"):
         qm.forward(tiny32.tokenizer.encode(TINY_TEXTS[:2]))
+    assert len(calls) == (3 if fuse_layers else 0)  # layer 0 ran fused; layer 1's first quantizer raised
 
 
 def test_fold_permutation_keeps_fp32_outputs(tiny):
@@ -357,6 +389,22 @@ def test_load_other_recipe_version(tiny, tmp_path):
     (out / "npbert_quant.json").write_text(json.dumps(meta))
     with pytest.raises(QuantError, match="format version 0"):
         load_quantized(out)
+
+
+def test_load_refuses_tensors_of_another_shape(tiny, tmp_path):
+    """A saved model whose integer weights, scales or float tensors disagree with its config is refused
+    at load (the GEMMs' unchecked entries would otherwise read and write by the config's sizes)."""
+    from safetensors.numpy import load_file, save_file
+
+    out = quantize_model(tiny, "dynamic").save(tmp_path / "q")
+    tensors = load_file(out / "quantized.safetensors")
+    w = "encoder.layer.1.intermediate.dense.weight"
+    for key, bad, match in ((w + ".q", tensors[w + ".q"][:, :-1], "has shape"),
+                            (w + ".scale", tensors[w + ".scale"][:-1], "scale of shape"),
+                            ("encoder.layer.0.output.LayerNorm.weight", np.ones(3, np.float32), "has shape")):
+        save_file({**tensors, key: np.ascontiguousarray(bad)}, out / "quantized.safetensors")
+        with pytest.raises(QuantError, match=match):
+            load_quantized(out)
 
 
 def test_save_refuses_foreign_folder(tiny, tmp_path):
