@@ -394,8 +394,9 @@ class QuantExecutor(Executor):
 
     # A whole encoder layer of a dynamic recipe as one flat run of kernel calls (layer(), _LayerPlan):
     # the kernels, arguments and buffers of the hooks above, without their per-call Python (a MiniLM
-    # batch-1 forward spent ~2 ms of ~16 there). Bit-identical; taps and the other switches' A/Bs
-    # turn it off, and so does anything it does not cover (static sites, int16 codes, > 512 rows...).
+    # batch-1 forward spent ~2 ms of ~16 there: bench/bench_overhead.py). Bit-identical; taps and the
+    # other switches' A/Bs turn it off, and so does anything it does not cover (static sites, int16
+    # codes, pair panels...). Past FUSE_QKV_MAX_ROWS it runs q, k and v as three GEMMs, as qkv() does.
     FUSE_LAYERS = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
@@ -682,23 +683,42 @@ class QuantExecutor(Executor):
         buffers, so the result is the same bits; anything else runs the hooks one by one."""
         plan = self._layer_plan(prefix, in_site)
         if (plan is None or not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 3
-                or not x.flags.c_contiguous or not 0 < x.shape[0] * x.shape[1] <= self.FUSE_QKV_MAX_ROWS):
+                or not x.flags.c_contiguous or x.shape[0] * x.shape[1] == 0):
             return super().layer(prefix, x, in_site, bias)
         B, T, C = x.shape
         M, h = B * T, self.cfg.num_attention_heads
+        stacked = plan.qkv is not None and self.FUSE_QKV and M <= self.FUSE_QKV_MAX_ROWS  # as qkv() decides
+        if stacked and not (self.FUSE_QKV_HEADS and plan.same_specs):
+            return super().layer(prefix, x, in_site, bias)  # (the heads one block at a time: the hooks')
         seg, valid = self._segs(x, M)
-        # q, k, v = x W_qkv^T + b [M, 3C] (qkv), then their head-major codes in one call (_dynamic's split)
         codes, rs = self._rows_codes(in_site, x.reshape(M, C), seg, valid, plan.in_spec, True)
-        y = _dequant_dynamic(codes, rs, plan.qkv, fused.ACT_NONE, self.buffer(plan.qkv_out, (M, 3 * C), np.float32))
-        q3, rs3 = self._split_heads(plan.attn, y.reshape(B, T, 3 * C), 3, h, seg, valid, plan.qkv_spec)
-        sq, sk, sv = (rs3[i].reshape(B, T)[:, 0] for i in range(3))
-        ctx = self._attention_int(plan.attn, q3[0], sq, q3[1], sk, q3[2], sv, bias, plan.probs_qp)  # [B, T, C]
+        if stacked:  # q, k, v = x W_qkv^T + b [M, 3C], then their head-major codes in one call (_dynamic's split)
+            y = _dequant_dynamic(codes, rs, plan.qkv, fused.ACT_NONE, self.buffer(plan.qkv_out, (M, 3 * C), np.float32))
+            q3, rs3 = self._split_heads(plan.attn, y.reshape(B, T, 3 * C), 3, h, seg, valid, plan.parts[0][2])
+            heads = [(q3[i], rs3[i].reshape(B, T)[:, 0]) for i in range(3)]
+        else:  # three GEMMs [M, C] and each one's head-major codes (qkv() past the row bound, _dynamic's one block)
+            heads = [self._one_head_block(name, w, spec, codes, rs, B, T, seg, valid) for name, w, spec in plan.parts]
+        (q8, sq), (k8, sk), (v8, sv) = heads
+        ctx = self._attention_int(plan.attn, q8, sq, k8, sk, v8, sv, bias, plan.probs_qp)  # [B, T, C]
         # the attention output projection, residual + LayerNorm, FF1 + activation, FF2, residual + LayerNorm
         a = self._linear_rows(plan, 0, ctx.reshape(M, C), seg, valid)
         x1 = self._residual_ln(plan, 0, a, x.reshape(M, C))
         g = self._linear_rows(plan, 1, x1, seg, valid)
         f2 = self._linear_rows(plan, 2, g, seg, valid)
         return self._residual_ln(plan, 1, f2, x1).reshape(B, T, C)
+
+    def _one_head_block(self, name: str, w: QWeight, spec: SiteSpec, codes, rs, B: int, T: int, seg, valid):
+        """One of q, k, v on its own: linear `name` of the layer input's codes [M, C] into its output
+        buffer, then that output's head-major codes [B, h, T, d] and per-sequence scales [B]."""
+        M, h = B * T, self.cfg.num_attention_heads
+        y = _dequant_dynamic(codes, rs, w, fused.ACT_NONE, self.buffer("out:" + name, (M, w.packed.n), np.float32))
+        C, S = y.shape[1], seg.size - 1
+        q = self.buffer(f"codes:{name}.out", (B, h, T, C // h), np.int8)
+        q = np.empty((B, h, T, C // h), np.int8) if q is None else q
+        row_scale = np.empty((1, M), np.float32)
+        kq.heads_into(y, self._block_starts(1, C), C, seg, valid, spec.bits, bool(spec.tmiqr), h, T, q.reshape(1, *q.shape),
+                      row_scale, np.empty((1, S), np.float32), np.empty((1, S), np.float32), "quantize_dynamic_heads")
+        return q, row_scale[0].reshape(B, T)[:, 0]
 
     def _linear_rows(self, plan: "_LayerPlan", j: int, x2: np.ndarray, seg, valid) -> np.ndarray:
         """Linear j of the layer's three after attention (output projection, FF1 + act, FF2) on float32
@@ -719,8 +739,8 @@ class QuantExecutor(Executor):
     def _layer_plan(self, prefix: str, in_site: str) -> "_LayerPlan | None":
         """The layer's fixed arguments when layer() may run it at once, else None. The model's part is
         worked out once (qm.prepared); the switches are read on every call (A/Bs flip them)."""
-        if not (self.FUSE_LAYERS and not self.sim and self.REUSE_OUTPUTS and self.FUSE_QKV and self.FUSE_QKV_HEADS
-                and self.DYN_UNSIGNED_CODES and self.FUSE_GEMM_DEQUANT and self.FUSE_SOFTMAX):
+        if not (self.FUSE_LAYERS and not self.sim and self.REUSE_OUTPUTS and self.DYN_UNSIGNED_CODES
+                and self.FUSE_GEMM_DEQUANT and self.FUSE_SOFTMAX):
             return None
         if type(self).site is not QuantExecutor.site or type(self)._emit is not QuantExecutor._emit:
             return None  # a subclass that watches site values gets them from the hooks
@@ -869,8 +889,9 @@ class _LayerPlan:
     attn: str  # prefix.attention.self
     qkv_out: str  # the stacked GEMM's buffer name
     in_spec: SiteSpec  # the layer input's (qkv's input) spec
-    qkv: QWeight  # the stacked q/k/v weight
-    qkv_spec: SiteSpec  # q, k and v's common spec
+    qkv: QWeight | None  # the stacked q/k/v weight, if the model has one (QuantizedModel._fuse_qkv)
+    same_specs: bool  # q, k and v's output sites share one spec (their codes in one call)
+    parts: tuple  # 3 x (prefix.attention.self.{query,key,value}, its QWeight, its output site's spec)
     probs_qp: QParams
     linears: tuple  # 3 x (input site, linear name, QWeight, input spec, activation code)
     norms: tuple  # 2 x (residual site, LayerNorm name, gamma, beta)
@@ -878,8 +899,8 @@ class _LayerPlan:
     @staticmethod
     def build(qm: "QuantizedModel", p: str, in_site: str) -> "_LayerPlan | None":
         """The plan, or None where a step of the layer is not the plain dynamic one: a static site other
-        than the probabilities, codes over 8 bits or as int8 (K past the uint8 bound), differing q/k/v
-        specs, an unstacked q/k/v, weights not on quad panels, an activation without a code."""
+        than the probabilities, codes over 8 bits or as int8 (K past the uint8 bound), weights not on
+        quad panels, an activation without a code."""
         cfg, specs, static = qm.config, qm.specs, qm.site_qparams
         C, I = cfg.hidden_size, cfg.intermediate_size
         attn = f"{p}.attention.self"
@@ -891,14 +912,15 @@ class _LayerPlan:
                 f"{p}.output.residual", f"{p}.output.LayerNorm.out", f"{attn}.scores"]
         probs_qp = static.get(f"{attn}.probs")
         qkv = qm.qkv_weights.get(attn)
+        parts = [qm.qweights.get(f"{attn}.{n}") for n in QKV_PROJECTIONS]
         weights = [qm.qweights.get(n) for _, n, _ in lin]
         dyn8 = [specs.get(s) for s in [in_site, *qkv_outs, *(s for s, _, _ in lin)]]
-        if (probs_qp is None or probs_qp.granularity != "tensor" or qkv is None or any(w is None for w in weights)
+        if (probs_qp is None or probs_qp.granularity != "tensor" or any(w is None for w in [*parts, *weights])
                 or any(sp is None or sp.mode != "dynamic" or sp.bits > 8 for sp in dyn8)
                 or any(s in static for s in [in_site, *qkv_outs, *(s for s, _, _ in lin), *outs])
-                or any(specs[n] != specs[qkv_outs[0]] for n in qkv_outs)
-                or any(w.packed.layout != "quads" or not w.packed.kq for w in [qkv, *weights])
-                or [(w.packed.n, w.packed.k) for w in [qkv, *weights]] != [(3 * C, C), (C, C), (I, C), (C, I)]
+                or any(w.packed.layout != "quads" or not w.packed.kq for w in [*parts, *weights])
+                or (qkv is not None and (qkv.packed.layout != "quads" or (qkv.packed.n, qkv.packed.k) != (3 * C, C)))
+                or [(w.packed.n, w.packed.k) for w in [*parts, *weights]] != [(C, C)] * 3 + [(C, C), (I, C), (C, I)]
                 or any(K > kg.K_MAX_U8S8 for _, _, K in [("", "", cfg.hidden_size), *lin])
                 or cfg.hidden_act not in fused.ACT_CODES):
             return None
@@ -906,7 +928,9 @@ class _LayerPlan:
         linears = tuple((s, n, w, specs[s], act if j == 1 else fused.ACT_NONE) for j, ((s, n, _), w) in enumerate(zip(lin, weights)))
         norms = tuple((f"{p}.{r}.residual", f"{p}.{r}.LayerNorm", qm.params[f"{p}.{r}.LayerNorm.weight"],
                        qm.params[f"{p}.{r}.LayerNorm.bias"]) for r in ("attention.output", "output"))
-        return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, specs[qkv_outs[0]], probs_qp, linears, norms)
+        same = all(specs[n] == specs[qkv_outs[0]] for n in qkv_outs)
+        parts = tuple((f"{attn}.{n}", w, specs[o]) for n, w, o in zip(QKV_PROJECTIONS, parts, qkv_outs))
+        return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, same, parts, probs_qp, linears, norms)
 
 
 def _softmax_grid(qp: QParams) -> tuple:

@@ -171,8 +171,9 @@ def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, 
 ])
 def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, monkeypatch):
     """QuantExecutor.layer runs a plain dynamic layer as one run of kernel calls: on padded batches the
-    outputs equal the hooks' one by one (FUSE_LAYERS off) bit for bit; it ran for exactly the layers
-    it covers (three linears each), and for none past FUSE_QKV_MAX_ROWS."""
+    outputs equal the hooks' one by one (FUSE_LAYERS off) bit for bit, for the stacked q/k/v and, past
+    FUSE_QKV_MAX_ROWS or with FUSE_QKV off, for three q/k/v GEMMs; it ran for exactly the layers it
+    covers (three linears each; q/k/v specs that differ only keep it off the stacked layout)."""
     from npbert.qmodel import QuantExecutor
 
     qm = quantize_model(tiny32, recipe, calibration=TINY_TEXTS, overrides=list(overrides))
@@ -180,14 +181,16 @@ def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, monkeypa
     b = tiny32.tokenizer.encode(TINY_TEXTS)
     assert not b.attention_mask.all()  # padding: the segments and the key mask matter
     calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
+    parts = _count_calls(monkeypatch, QuantExecutor, "_one_head_block")
     out = qm.forward(b).last_hidden_state.copy()
-    assert len(calls) == 3 * {True: L, False: 0, "not layer 1": L - 1}[fused]
-    for switch, value in (("FUSE_QKV_MAX_ROWS", b.input_ids.size - 1), ("FUSE_LAYERS", False)):
-        with monkeypatch.context() as mp:  # one switch at a time: the second compares with the stacked hooks
+    assert len(calls) == 3 * {True: L, False: 0, "not layer 1": L - 1}[fused] and not parts
+    for switch, value in (("FUSE_QKV_MAX_ROWS", b.input_ids.size - 1), ("FUSE_QKV", False), ("FUSE_LAYERS", False)):
+        with monkeypatch.context() as mp:  # one switch at a time: the last compares with the hooks
             mp.setattr(QuantExecutor, switch, value)
-            n0 = len(calls)
+            n0, p0 = len(calls), len(parts)
             np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
-            assert len(calls) == n0
+            layers = 0 if (switch == "FUSE_LAYERS" or fused is False) else L  # three q/k/v GEMMs: every layer
+            assert (len(calls) - n0, len(parts) - p0) == (3 * layers, 3 * layers)
 
 
 def test_fused_layer_with_mpnet_relative_bias_is_bit_identical(monkeypatch):
