@@ -308,6 +308,8 @@ def encoder_forward(
 ):
     """-> last hidden state [B, T, C] (a value of the executor)."""
     B, T = ids.shape
+    if B == 0 or T == 0:
+        raise InputError(f"an empty batch of token ids (shape {(B, T)}): pass at least one sequence of at least one token")
     for what, a in (("attention mask", mask), ("token type ids", types)):
         if np.shape(a) != (B, T):
             raise InputError(f"the {what} has shape {np.shape(a)}: it must have the shape of the token ids, {(B, T)}")

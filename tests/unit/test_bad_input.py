@@ -216,8 +216,8 @@ def test_bad_token_ids():
 
 @pytest.mark.parametrize("recipe", [None, "dynamic"])
 def test_mask_or_types_of_another_shape(recipe):
-    """An attention mask or token types not shaped like the ids is refused before any kernel reads it
-    (the quantizers read one mask entry per row)."""
+    """An attention mask or token types not shaped like the ids, or an empty batch, is refused before any
+    kernel reads it (the quantizers read one mask entry per row)."""
     from npbert.io.tokenizer import Batch
     from npbert.qmodel import quantize_model
 
@@ -228,6 +228,9 @@ def test_mask_or_types_of_another_shape(recipe):
                         (np.ones_like(ids), np.zeros((2, 1), np.int64))):
         with pytest.raises(InputError, match="must have the shape of the token ids"):
             m.forward(Batch(ids, mask, types, np.zeros(2, bool)))
+    for empty in (ids[:0], ids[:, :0]):  # no sequence, no token: a clear error, not NumPy's reduction failure
+        with pytest.raises(InputError, match="an empty batch of token ids"):
+            m.forward(Batch(empty, np.ones_like(empty), np.zeros_like(empty), np.zeros(len(empty), bool)))
 
 
 def test_classify_needs_head():
