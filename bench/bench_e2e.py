@@ -219,7 +219,7 @@ class TorchEngine(Engine):
 
 
 class OrtEngine(Engine):
-    def __init__(self, onnx_path: Path, threads: int):
+    def __init__(self, onnx_path: Path, threads: int, profile_prefix: str | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -227,6 +227,9 @@ class OrtEngine(Engine):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if profile_prefix is not None:  # ONNX Runtime's own per-node timing (bench/profile_ort.py)
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
         t0 = time.perf_counter()
         self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         self.info = {"load_s": time.perf_counter() - t0, "onnx": str(onnx_path),

@@ -60,7 +60,14 @@ def passes(B: int, rng) -> dict:
     out_f, out_fi = np.empty((M, C), np.float32), np.empty((M, I), np.float32)
     codes, codes_i, probs = np.empty((M, C), np.int8), np.empty((M, I), np.int8), np.empty((B, h, T, T), np.uint8)
     s_buf, ln_buf, ctx_buf = np.empty((M, C), np.float32), np.empty((M, C), np.float32), np.empty((B, T, C), np.float32)
+    # the embedding sum at MiniLM's table sizes: NumPy's gathers and adds, and fused.embed_sum (fd278ba on)
+    words, pos_tab, type_tab = (rng.standard_normal((n, C)).astype(np.float32) for n in (30522, 512, 2))
+    ids, pos, types = rng.integers(0, 30522, M), np.tile(np.arange(T), B), np.zeros(M, np.int64)
+    embed = {"embeddings: NumPy gathers + adds [M, C]": (lambda: (words[ids] + pos_tab[pos]) + type_tab[types], M * C)}
+    if hasattr(F, "embed_sum"):
+        embed["embed_sum [M, C]"] = (lambda: F.embed_sum(words, ids, pos_tab, pos, type_tab, types), M * C)
     return {
+        **embed,
         "quantize_dynamic_rows [M, C]": (lambda: Q.quantize_dynamic_rows(x, seg, valid, out=codes), M * C),
         "quantize_dynamic_rows [M, I]": (lambda: Q.quantize_dynamic_rows(x_i, seg, valid, out=codes_i), M * I),
         "epilogue [M, C]": (lambda: F.epilogue(acc, rs, ws, b, None, out_f), M * C),

@@ -460,7 +460,7 @@ class QuantExecutor(Executor):
         place from its [B, T, 3C] parent (the _columns registry), without a contiguous copy, and together
         with its two siblings in one call (quantize_dynamic_heads_split) when their specs agree.
         The integer kernels are called through their unchecked entries (kq.*_into): every argument is
-        built here, and a batch-1 forward makes ~40 of these calls."""
+        built here (_rows_codes, _head_codes, which QuantExecutor.layer calls too)."""
         # (uint8 codes check the u8s8 K bound, half the s8s8 one: longer rows keep int8 codes)
         unsigned = unsigned and spec.bits <= 8 and not self.sim and x.shape[-1] <= kg.K_MAX_U8S8
         heads = heads if (spec.bits <= 8 and not self.sim and x.ndim == 3) else 0
@@ -476,16 +476,18 @@ class QuantExecutor(Executor):
         if col is not None and self.FUSE_QKV_HEADS and self._same_specs(col[3]):
             # q, k and v alike: all three blocks in one call, read in place, each cached
             _, parent, _c0, group, prefix = col
-            q3, rs3 = self._split_heads(prefix, parent, len(group), heads, seg, valid, spec)
+            B, T, C = x.shape
+            q3, rs3 = self._head_codes(f"codes:{prefix}.qkv", parent.reshape(M, -1), self._block_starts(len(group), C), C,
+                                       heads, T, seg, valid, spec)
             for i, (n, v) in enumerate(group):
                 self._dyn_cache[(n, id(v), False, heads)] = (q3[i], rs3[i], v)
             return self._dyn_cache[key][:2]
         if heads:  # one block: a column block read in place, or the value itself
             B, T, C = x.shape
             parent, c0 = (col[1], col[2]) if col is not None else (np.ascontiguousarray(x, np.float32), 0)
-            q, row_scale, _s, _t = kq.quantize_dynamic_heads(
-                parent, heads, seg, valid, spec.bits, tmiqr,
-                self.buffer("codes:" + name, (B, heads, T, C // heads), np.int8), columns=(c0, c0 + C))
+            q, row_scale = self._head_codes("codes:" + name, parent.reshape(M, -1), np.array([c0], np.int64), C, heads, T,
+                                            seg, valid, spec)
+            q, row_scale = q[0], row_scale[0]
         else:
             x2 = np.ascontiguousarray(x, np.float32).reshape(M, x.shape[-1])
             if self.sim:
@@ -496,32 +498,32 @@ class QuantExecutor(Executor):
         self._dyn_cache[key] = (q, row_scale, x)  # keep x alive: id()
         return q, row_scale
 
+    def _array(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """Value `name`'s reusable buffer (buffer()), or a fresh array where it has none."""
+        buf = self.buffer(name, shape, dtype)
+        return np.empty(shape, dtype) if buf is None else buf
+
     def _rows_codes(self, name: str, x2: np.ndarray, seg, valid, spec: SiteSpec, unsigned: bool):
         """Integer dynamic codes of site `name` [M, K] (uint8 + 128 if unsigned, else int8 / int16 by bits)
         and their row scales [M] from float32 x2 [M, K] C-contiguous, into the site's code buffer."""
-        M = x2.shape[0]
-        codes_dtype = np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16
-        q = self.buffer("codes:" + name, x2.shape, codes_dtype)
-        if q is None:
-            q = np.empty(x2.shape, codes_dtype)
-        S = seg.size - 1
+        M, S = x2.shape[0], seg.size - 1
+        q = self._array("codes:" + name, x2.shape, np.uint8 if unsigned else np.int8 if spec.bits <= 8 else np.int16)
         row_scale = np.empty(M, np.float32)
         kq.dynamic_rows_into(x2, seg, valid, spec.bits, bool(spec.tmiqr), unsigned, q, row_scale, np.empty(S, np.float32),
                              np.empty(S, np.float32))
         return q, row_scale
 
-    def _split_heads(self, prefix: str, parent: np.ndarray, nb: int, heads: int, seg, valid, spec: SiteSpec):
-        """Head-major int8 codes [nb, B, heads, T, d] and row scales [nb, B*T] of the nb column blocks of
-        parent float32 [B, T, nb*C] C-contiguous (qkv's output), into the attention's code buffer."""
-        B, T, W = parent.shape
-        C, M, S = W // nb, B * T, seg.size - 1
-        q3 = self.buffer(f"codes:{prefix}.qkv", (nb, B, heads, T, C // heads), np.int8)
-        if q3 is None:
-            q3 = np.empty((nb, B, heads, T, C // heads), np.int8)
-        rs3 = np.empty((nb, M), np.float32)
-        kq.heads_into(parent.reshape(M, W), self._block_starts(nb, C), C, seg, valid, spec.bits, bool(spec.tmiqr), heads, T,
-                      q3, rs3, np.empty((nb, S), np.float32), np.empty((nb, S), np.float32), "quantize_dynamic_heads_split")
-        return q3, rs3
+    def _head_codes(self, buf_name: str, x2: np.ndarray, c0s: np.ndarray, C: int, heads: int, T: int, seg, valid,
+                    spec: SiteSpec):
+        """Head-major int8 codes [nb, B, heads, T, C/heads] and row scales [nb, B*T] of the column blocks
+        x2[:, c0:c0 + C] (c0 in c0s, int64 [nb]; each block its own tensor) of float32 x2 [B*T, W]
+        C-contiguous, rows b*T + t, into buffer buf_name: quantize_dynamic_heads(_split)'s call."""
+        nb, M, S = c0s.shape[0], x2.shape[0], seg.size - 1
+        q = self._array(buf_name, (nb, M // T, heads, T, C // heads), np.int8)
+        rs = np.empty((nb, M), np.float32)
+        kq.heads_into(x2, c0s, C, seg, valid, spec.bits, bool(spec.tmiqr), heads, T, q, rs, np.empty((nb, S), np.float32),
+                      np.empty((nb, S), np.float32), "quantize_dynamic_heads_split" if nb > 1 else "quantize_dynamic_heads")
+        return q, rs
 
     def _segs(self, x: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray]:
         """The dynamic quantizers' (seg_starts, row_valid) for a value x with M rows: one segment per
@@ -536,8 +538,7 @@ class QuantExecutor(Executor):
     def _same_specs(self, group) -> bool:
         """Whether the sites of a qkv group share one spec (fixed per model: worked out once per group)."""
         specs = self.qm.specs
-        return _prepared(self.qm.prepared, ("same-specs", group[0][0]),
-                         lambda: all(specs[n] == specs[group[0][0]] for n, _ in group))
+        return _prepared(self.qm.prepared, ("same-specs", group[0][0]), lambda: _one_spec(specs, [n for n, _ in group]))
 
     def _block_starts(self, nb: int, C: int) -> np.ndarray:
         """int64 [nb]: the first columns of nb blocks of width C (the split quantizer's c0s), kept per model."""
@@ -694,7 +695,8 @@ class QuantExecutor(Executor):
         codes, rs = self._rows_codes(in_site, x.reshape(M, C), seg, valid, plan.in_spec, True)
         if stacked:  # q, k, v = x W_qkv^T + b [M, 3C], then their head-major codes in one call (_dynamic's split)
             y = _dequant_dynamic(codes, rs, plan.qkv, fused.ACT_NONE, self.buffer(plan.qkv_out, (M, 3 * C), np.float32))
-            q3, rs3 = self._split_heads(plan.attn, y.reshape(B, T, 3 * C), 3, h, seg, valid, plan.parts[0][2])
+            q3, rs3 = self._head_codes(f"codes:{plan.attn}.qkv", y, self._block_starts(3, C), C, h, T, seg, valid,
+                                       plan.parts[0][2])
             heads = [(q3[i], rs3[i].reshape(B, T)[:, 0]) for i in range(3)]
         else:  # three GEMMs [M, C] and each one's head-major codes (qkv() past the row bound, _dynamic's one block)
             heads = [self._one_head_block(name, w, spec, codes, rs, B, T, seg, valid) for name, w, spec in plan.parts]
@@ -702,23 +704,18 @@ class QuantExecutor(Executor):
         ctx = self._attention_int(plan.attn, q8, sq, k8, sk, v8, sv, bias, plan.probs_qp)  # [B, T, C]
         # the attention output projection, residual + LayerNorm, FF1 + activation, FF2, residual + LayerNorm
         a = self._linear_rows(plan, 0, ctx.reshape(M, C), seg, valid)
-        x1 = self._residual_ln(plan, 0, a, x.reshape(M, C))
+        x1 = self._add_ln_into(*plan.norms[0], a, x.reshape(M, C))[1]
         g = self._linear_rows(plan, 1, x1, seg, valid)
         f2 = self._linear_rows(plan, 2, g, seg, valid)
-        return self._residual_ln(plan, 1, f2, x1).reshape(B, T, C)
+        return self._add_ln_into(*plan.norms[1], f2, x1)[1].reshape(B, T, C)
 
     def _one_head_block(self, name: str, w: QWeight, spec: SiteSpec, codes, rs, B: int, T: int, seg, valid):
         """One of q, k, v on its own: linear `name` of the layer input's codes [M, C] into its output
         buffer, then that output's head-major codes [B, h, T, d] and per-sequence scales [B]."""
-        M, h = B * T, self.cfg.num_attention_heads
-        y = _dequant_dynamic(codes, rs, w, fused.ACT_NONE, self.buffer("out:" + name, (M, w.packed.n), np.float32))
-        C, S = y.shape[1], seg.size - 1
-        q = self.buffer(f"codes:{name}.out", (B, h, T, C // h), np.int8)
-        q = np.empty((B, h, T, C // h), np.int8) if q is None else q
-        row_scale = np.empty((1, M), np.float32)
-        kq.heads_into(y, self._block_starts(1, C), C, seg, valid, spec.bits, bool(spec.tmiqr), h, T, q.reshape(1, *q.shape),
-                      row_scale, np.empty((1, S), np.float32), np.empty((1, S), np.float32), "quantize_dynamic_heads")
-        return q, row_scale[0].reshape(B, T)[:, 0]
+        y = _dequant_dynamic(codes, rs, w, fused.ACT_NONE, self.buffer("out:" + name, (B * T, w.packed.n), np.float32))
+        q, row_scale = self._head_codes(f"codes:{name}.out", y, self._block_starts(1, y.shape[1]), y.shape[1],
+                                        self.cfg.num_attention_heads, T, seg, valid, spec)
+        return q[0], row_scale[0].reshape(B, T)[:, 0]
 
     def _linear_rows(self, plan: "_LayerPlan", j: int, x2: np.ndarray, seg, valid) -> np.ndarray:
         """Linear j of the layer's three after attention (output projection, FF1 + act, FF2) on float32
@@ -727,14 +724,14 @@ class QuantExecutor(Executor):
         codes, rs = self._rows_codes(in_site, x2, seg, valid, spec, True)
         return _dequant_dynamic(codes, rs, w, act_code, self.buffer("out:" + name, (x2.shape[0], w.packed.n), np.float32))
 
-    def _residual_ln(self, plan: "_LayerPlan", j: int, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
-        """Residual j (after attention, after the FFN): LayerNorm(a2 + b2) [M, C] into its buffers, as
-        add_layer_norm does for float operands (the last layer's output gets a fresh array)."""
-        add_name, ln_name, gamma, beta = plan.norms[j]
-        s2, y2 = (self.buffer(n, a2.shape, np.float32) for n in (add_name, ln_name + ".out"))
-        s2, y2 = (np.empty(a2.shape, np.float32) if v is None else v for v in (s2, y2))
-        fused.add_layer_norm_into(a2, b2, gamma, beta, self.cfg.layer_norm_eps, s2, y2)
-        return y2
+    def _add_ln_into(self, add_name: str, ln_name: str, a2: np.ndarray, b2: np.ndarray):
+        """(a2 + b2, LayerNorm ln_name of it) [M, C] for float32 C-contiguous operands [M, C], into the two
+        sites' buffers (fresh arrays where they have none: the last layer's output, taps):
+        fused.add_layer_norm's unchecked entry."""
+        s2, y2 = (self._array(n, a2.shape, np.float32) for n in (add_name, ln_name + ".out"))
+        fused.add_layer_norm_into(a2, b2, self.params[ln_name + ".weight"], self.params[ln_name + ".bias"],
+                                  self.cfg.layer_norm_eps, s2, y2)
+        return s2, y2
 
     def _layer_plan(self, prefix: str, in_site: str) -> "_LayerPlan | None":
         """The layer's fixed arguments when layer() may run it at once, else None. The model's part is
@@ -804,9 +801,7 @@ class QuantExecutor(Executor):
         acc = kg.bgemm_into(q8.reshape(B * h, T, d), 0, k8.reshape(B * h, T, d), False,
                             self.qm.scratch("scores", (B * h, T, T), np.int32))
         seq_scale = (sq * sk * np.float32(1.0 / np.sqrt(d))).astype(np.float32)  # [B]
-        codes = self.buffer("codes:" + prefix + ".probs", (B, h, T, T), probs_qp.int_dtype)
-        if codes is None:
-            codes = np.empty((B, h, T, T), probs_qp.int_dtype)
+        codes = self._array("codes:" + prefix + ".probs", (B, h, T, T), probs_qp.int_dtype)
         zp, lo, hi, sc = _prepared(self.qm.prepared, ("softmax-grid", probs_qp), lambda: _softmax_grid(probs_qp))
         fused.softmax_quantize_into(acc.reshape(B * h * T, T), seq_scale, *self._softmax_bias(bias, B, h, T), sc, lo, hi,
                                     zp, codes.reshape(B * h * T, T))
@@ -820,13 +815,12 @@ class QuantExecutor(Executor):
         v3 = v8.reshape(B * h, T, d)  # V as stored: [T, d] per head, packed transposed (b_kn)
         pc = np.ascontiguousarray(p.q).reshape(B * h, T, T)
         out = self.qm.scratch("context", (B * h, T, d), np.int32)
-        if T <= kg.K_MAX_U8S8 and ((pc.dtype == np.uint8 and 0 <= zp <= 255) or (pc.dtype == np.int8 and zp == 0)):
-            acc = kg.bgemm_into(pc, zp, v3, True, out)
-        else:  # (an int8 grid with a zero point: bgemm_s8s8 reads the codes as they are)
-            acc = kg.bgemm_s8s8(pc, v3, out=out, b_kn=True)
-        ctx = self.buffer("ctx:" + prefix, (B, T, h * d), np.float32)
-        if ctx is None:
-            ctx = np.empty((B, T, h * d), np.float32)
+        if not ((pc.dtype == np.uint8 and 0 <= zp <= 255) or (pc.dtype == np.int8 and zp == 0)) or T > kg.K_MAX_U8S8:
+            raise QuantError(f"{prefix}.probs: the context GEMM takes 8-bit probability codes (uint8, or int8 with zero "
+                             f"point 0) over at most {kg.K_MAX_U8S8} tokens; got {pc.dtype} codes with zero point {zp} "
+                             f"over {T}: quantize the probabilities to 8 bits or fewer")
+        acc = kg.bgemm_into(pc, zp, v3, True, out)
+        ctx = self._array("ctx:" + prefix, (B, T, h * d), np.float32)
         fused.merge_heads_into(acc, np.ascontiguousarray(np.float32(p.qp.scale) * sv, np.float32), h, ctx)
         return ctx
 
@@ -859,16 +853,13 @@ class QuantExecutor(Executor):
     def add_layer_norm(self, add_name, ln_name, a, b):
         qp = self.qm.site_qparams.get(add_name)
         if qp is None:
-            if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.size
+            if (not self.sim and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.size
                     and a.dtype == np.float32 and b.dtype == np.float32 and a.flags.c_contiguous and b.flags.c_contiguous):
-                s, y = self.buffer(add_name, a.shape, np.float32), self.buffer(ln_name + ".out", a.shape, np.float32)
-                if s is not None and y is not None:  # float operands and the executor's buffers: unchecked entry
-                    C = a.shape[-1]
-                    fused.add_layer_norm_into(a.reshape(-1, C), b.reshape(-1, C), self.params[ln_name + ".weight"],
-                                              self.params[ln_name + ".bias"], self.cfg.layer_norm_eps,
-                                              s.reshape(-1, C), y.reshape(-1, C))
-                    s_site = self.site(add_name, s)
-                    return self.layer_norm(ln_name, s_site) if s_site is not s else self.site(ln_name + ".out", y)
+                C = a.shape[-1]  # float operands: the unchecked entry (the simulation keeps BLAS's one thread: super)
+                s2, y2 = self._add_ln_into(add_name, ln_name, a.reshape(-1, C), b.reshape(-1, C))
+                s, y = s2.reshape(a.shape), y2.reshape(a.shape)
+                s_site = self.site(add_name, s)
+                return self.layer_norm(ln_name, s_site) if s_site is not s else self.site(ln_name + ".out", y)
             return super().add_layer_norm(add_name, ln_name, a, b)
         out_qp = self.qm.site_qparams.get(ln_name + ".out")
         if self.FUSE_RESIDUAL_LN and not self.sim and _fusable_residual(a, b, qp, out_qp):
@@ -894,7 +885,7 @@ class _LayerPlan:
     parts: tuple  # 3 x (prefix.attention.self.{query,key,value}, its QWeight, its output site's spec)
     probs_qp: QParams
     linears: tuple  # 3 x (input site, linear name, QWeight, input spec, activation code)
-    norms: tuple  # 2 x (residual site, LayerNorm name, gamma, beta)
+    norms: tuple  # 2 x (residual site, LayerNorm name)
 
     @staticmethod
     def build(qm: "QuantizedModel", p: str, in_site: str) -> "_LayerPlan | None":
@@ -905,32 +896,36 @@ class _LayerPlan:
         C, I = cfg.hidden_size, cfg.intermediate_size
         attn = f"{p}.attention.self"
         qkv_outs = [f"{attn}.{n}.out" for n in QKV_PROJECTIONS]
-        lin = [(f"{p}.attention.output.dense.in", f"{p}.attention.output.dense", cfg.hidden_size),
-               (f"{p}.attention.output.LayerNorm.out", f"{p}.intermediate.dense", cfg.hidden_size),
-               (f"{p}.output.dense.in", f"{p}.output.dense", cfg.intermediate_size)]
+        lin = [(f"{p}.attention.output.dense.in", f"{p}.attention.output.dense"),
+               (f"{p}.attention.output.LayerNorm.out", f"{p}.intermediate.dense"),
+               (f"{p}.output.dense.in", f"{p}.output.dense")]
         outs = [f"{p}.attention.output.dense.out", f"{p}.attention.output.residual", f"{p}.output.dense.out",
                 f"{p}.output.residual", f"{p}.output.LayerNorm.out", f"{attn}.scores"]
         probs_qp = static.get(f"{attn}.probs")
         qkv = qm.qkv_weights.get(attn)
         parts = [qm.qweights.get(f"{attn}.{n}") for n in QKV_PROJECTIONS]
-        weights = [qm.qweights.get(n) for _, n, _ in lin]
-        dyn8 = [specs.get(s) for s in [in_site, *qkv_outs, *(s for s, _, _ in lin)]]
+        weights = [qm.qweights.get(n) for _, n in lin]
+        dyn8 = [specs.get(s) for s in [in_site, *qkv_outs, *(s for s, _ in lin)]]
         if (probs_qp is None or probs_qp.granularity != "tensor" or any(w is None for w in [*parts, *weights])
                 or any(sp is None or sp.mode != "dynamic" or sp.bits > 8 for sp in dyn8)
-                or any(s in static for s in [in_site, *qkv_outs, *(s for s, _, _ in lin), *outs])
+                or any(s in static for s in [in_site, *qkv_outs, *(s for s, _ in lin), *outs])
                 or any(w.packed.layout != "quads" or not w.packed.kq for w in [*parts, *weights])
                 or (qkv is not None and (qkv.packed.layout != "quads" or (qkv.packed.n, qkv.packed.k) != (3 * C, C)))
                 or [(w.packed.n, w.packed.k) for w in [*parts, *weights]] != [(C, C)] * 3 + [(C, C), (I, C), (C, I)]
-                or any(K > kg.K_MAX_U8S8 for _, _, K in [("", "", cfg.hidden_size), *lin])
+                or max(C, I) > kg.K_MAX_U8S8
                 or cfg.hidden_act not in fused.ACT_CODES):
             return None
         act = fused.ACT_CODES[cfg.hidden_act]
-        linears = tuple((s, n, w, specs[s], act if j == 1 else fused.ACT_NONE) for j, ((s, n, _), w) in enumerate(zip(lin, weights)))
-        norms = tuple((f"{p}.{r}.residual", f"{p}.{r}.LayerNorm", qm.params[f"{p}.{r}.LayerNorm.weight"],
-                       qm.params[f"{p}.{r}.LayerNorm.bias"]) for r in ("attention.output", "output"))
-        same = all(specs[n] == specs[qkv_outs[0]] for n in qkv_outs)
+        linears = tuple((s, n, w, specs[s], act if j == 1 else fused.ACT_NONE) for j, ((s, n), w) in enumerate(zip(lin, weights)))
+        norms = tuple((f"{p}.{r}.residual", f"{p}.{r}.LayerNorm") for r in ("attention.output", "output"))
         parts = tuple((f"{attn}.{n}", w, specs[o]) for n, w, o in zip(QKV_PROJECTIONS, parts, qkv_outs))
-        return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, same, parts, probs_qp, linears, norms)
+        return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, _one_spec(specs, qkv_outs), parts, probs_qp, linears,
+                          norms)
+
+
+def _one_spec(specs: dict, sites: list) -> bool:
+    """Whether the sites share one SiteSpec (q, k and v: their head codes then come from one call)."""
+    return all(specs[s] == specs[sites[0]] for s in sites)
 
 
 def _softmax_grid(qp: QParams) -> tuple:

@@ -752,8 +752,8 @@ def gemm_dequant(a, a_zero_point: int, w, row_scale, w_scale, bias=None, act=Non
     if M % MR:
         rs = np.concatenate([rs, np.zeros(MR - M % MR)])
     ws = C.f32_vector(w_scale, N, "gemm_dequant: w_scale")
-    bs = _NO_VEC if bias is None else C.f32_vector(bias, N, "gemm_dequant: bias")
-    return dequant_into(a, zp, pw, rs, ws, None if bias is None else bs, ACT_CODES[act], out)
+    bs = None if bias is None else C.f32_vector(bias, N, "gemm_dequant: bias")
+    return dequant_into(a, zp, pw, rs, ws, bs, ACT_CODES[act], out)
 
 
 def dequant_into(a, zp: int, pw: PackedInt8Weight, rs, ws, bias, act_code: int, out) -> np.ndarray:

@@ -394,6 +394,20 @@ def test_load_other_recipe_version(tiny, tmp_path):
         load_quantized(out)
 
 
+@pytest.mark.parametrize("fuse_layers", [True, False])
+def test_context_gemm_refuses_16_bit_probabilities(tiny32, fuse_layers, monkeypatch):
+    """The integer P V takes 8-bit probability codes; 16-bit ones get a QuantError that says so, from
+    the fused layer and the hooks alike (their float simulation runs)."""
+    from npbert.qmodel import QuantExecutor
+
+    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", fuse_layers)
+    qm = quantize_model(tiny32, "dynamic:wbits=7", overrides=["*.probs=bits:16"])
+    b = tiny32.tokenizer.encode(TINY_TEXTS[:2])
+    with pytest.raises(QuantError, match="8-bit probability codes .* got uint16 codes"):
+        qm.forward(b)
+    assert np.isfinite(qm.forward(b, qm.executor(simulate=True)).last_hidden_state).all()
+
+
 def test_load_refuses_tensors_of_another_shape(tiny, tmp_path):
     """A saved model whose integer weights, scales or float tensors disagree with its config is refused
     at load (the GEMMs' unchecked entries would otherwise read and write by the config's sizes)."""
