@@ -33,6 +33,7 @@ from npbert.errors import CalibrationError, InputError, QuantError
 from npbert.io.tokenizer import Batch
 from npbert.kernels import fused
 from npbert.kernels import gemm as kg
+from npbert.kernels import layer as kl
 from npbert.kernels import quantize as kq
 from npbert.kernels import reference as kref
 from npbert.model import QKV_PROJECTIONS, Executor, Model, Output, expected_shapes, linear_names, layer_prefix
@@ -398,6 +399,9 @@ class QuantExecutor(Executor):
     # other switches' A/Bs turn it off, and so does anything it does not cover (static sites, int16
     # codes, pair panels...). Past FUSE_QKV_MAX_ROWS it runs q, k and v as three GEMMs, as qkv() does.
     FUSE_LAYERS = True
+    # ... and that sequence as one compiled call (kernels.layer.dynamic_layer_into) instead of Python's
+    # ~16 kernel calls a layer. Off: the same kernels called from layer() one by one.
+    LAYER_CORE = True
 
     def __init__(self, qm: "QuantizedModel", simulate: bool = False):
         super().__init__(qm.params, qm.config)
@@ -692,6 +696,9 @@ class QuantExecutor(Executor):
         if stacked and not (self.FUSE_QKV_HEADS and plan.same_specs):
             return super().layer(prefix, x, in_site, bias)  # (the heads one block at a time: the hooks')
         seg, valid = self._segs(x, M)
+        if self.LAYER_CORE and plan.core_probs and T <= kg.K_MAX_U8S8:  # (else _context_int refuses, naming why)
+            y = self._layer_core(plan, x.reshape(M, C), seg, valid, stacked, B, T, bias, in_site)
+            return super().layer(prefix, x, in_site, bias) if y is None else y.reshape(B, T, C)
         codes, rs = self._rows_codes(in_site, x.reshape(M, C), seg, valid, plan.in_spec, True)
         if stacked:  # q, k, v = x W_qkv^T + b [M, 3C], then their head-major codes in one call (_dynamic's split)
             y = _dequant_dynamic(codes, rs, plan.qkv, fused.ACT_NONE, self.buffer(plan.qkv_out, (M, 3 * C), np.float32))
@@ -708,6 +715,46 @@ class QuantExecutor(Executor):
         g = self._linear_rows(plan, 1, x1, seg, valid)
         f2 = self._linear_rows(plan, 2, g, seg, valid)
         return self._add_ln_into(*plan.norms[1], f2, x1)[1].reshape(B, T, C)
+
+    def _layer_core(self, plan: "_LayerPlan", x2: np.ndarray, seg, valid, stacked: bool, B: int, T: int, bias, in_site):
+        """layer()'s kernel sequence as one compiled call (kernels.layer.dynamic_layer_into) on the
+        buffers the steps below use. Returns the output [M, C], or None where a quantizer met NaN/Inf
+        (x2 is intact: the caller re-runs the hooks, which raise naming the site and the token)."""
+        M, C = x2.shape
+        h, I = self.cfg.num_attention_heads, self.cfg.intermediate_size
+        d, arr = C // h, self._array
+        if stacked:
+            y_q = y_k = y_v = arr(plan.qkv_out, (M, 3 * C), np.float32)
+            hq_q = hq_k = hq_v = arr(f"codes:{plan.attn}.qkv", (3, B * h * T, d), np.int8)
+            rs_q = rs_k = rs_v = np.empty((3, M), np.float32)
+            w_q = w_k = w_v = plan.core_weights[0]
+        else:
+            y_q, y_k, y_v = (arr("out:" + n, (M, C), np.float32) for n, _, _ in plan.parts)
+            hq_q, hq_k, hq_v = (arr(f"codes:{n}.out", (1, B * h * T, d), np.int8) for n, _, _ in plan.parts)
+            rs_q, rs_k, rs_v = (np.empty((1, M), np.float32) for _ in range(3))
+            w_q, w_k, w_v = plan.core_weights[1:4]
+        (o_in, o_name, *_), (f1_in, f1_name, *_), (f2_in, f2_name, *_) = plan.linears
+        (add1, ln1), (add2, ln2) = plan.norms
+        zp, lo, hi, sc = _prepared(self.qm.prepared, ("softmax-grid", plan.probs_qp), lambda: _softmax_grid(plan.probs_qp))
+        key, rel, has_rel = self._softmax_bias(bias, B, h, T)
+        ctx = arr("ctx:" + plan.attn, (M, C), np.float32)
+        x1 = arr(ln1 + ".out", (M, C), np.float32)
+        y = arr(ln2 + ".out", (M, C), np.float32)
+        p = self.params
+        code = kl.dynamic_layer_into(
+            x2, seg, valid, T, h, stacked, plan.core_specs[0][0], plan.core_specs[1], plan.core_specs[2], plan.core_act,
+            w_q, w_k, w_v, *plan.core_weights[4:], self._block_starts(3 if stacked else 1, C), np.float32(1.0 / np.sqrt(d)),
+            key, rel, has_rel, sc, lo, hi, zp, int(plan.probs_qp.zero_point),
+            (p[ln1 + ".weight"], p[ln1 + ".bias"]), (p[ln2 + ".weight"], p[ln2 + ".bias"]), float(self.cfg.layer_norm_eps),
+            arr("codes:" + in_site, (M, C), np.uint8), y_q, y_k, y_v, hq_q, hq_k, hq_v, rs_q, rs_k, rs_v,
+            self.qm.scratch("scores", (B * h, T, T), np.int32), arr(f"codes:{plan.attn}.probs", (B * h * T, T), plan.probs_qp.int_dtype),
+            self.qm.scratch("context", (B * h, T, d), np.int32), ctx,
+            arr("codes:" + o_in, (M, C), np.uint8), arr("out:" + o_name, (M, C), np.float32),
+            arr(add1, (M, C), np.float32), x1,
+            arr("codes:" + f1_in, (M, C), np.uint8), arr("out:" + f1_name, (M, I), np.float32),
+            arr("codes:" + f2_in, (M, I), np.uint8), arr("out:" + f2_name, (M, C), np.float32),
+            arr(add2, (M, C), np.float32), y)
+        return y if code == kl.OK else None
 
     def _one_head_block(self, name: str, w: QWeight, spec: SiteSpec, codes, rs, B: int, T: int, seg, valid):
         """One of q, k, v on its own: linear `name` of the layer input's codes [M, C] into its output
@@ -886,6 +933,12 @@ class _LayerPlan:
     probs_qp: QParams
     linears: tuple  # 3 x (input site, linear name, QWeight, input spec, activation code)
     norms: tuple  # 2 x (residual site, LayerNorm name)
+    # kernels.layer.dynamic_layer_into's forms: weights (stacked qkv or None, q, k, v, output, FF1, FF2) as
+    # quads_args, specs ((input,), (q, k, v outputs), (the three linears' inputs)) as (bits, tmiqr), FF1's act code
+    core_weights: tuple
+    core_specs: tuple
+    core_act: int
+    core_probs: bool  # 8-bit probability codes (uint8, or int8 with zero point 0), what the context GEMM takes
 
     @staticmethod
     def build(qm: "QuantizedModel", p: str, in_site: str) -> "_LayerPlan | None":
@@ -919,8 +972,14 @@ class _LayerPlan:
         linears = tuple((s, n, w, specs[s], act if j == 1 else fused.ACT_NONE) for j, ((s, n), w) in enumerate(zip(lin, weights)))
         norms = tuple((f"{p}.{r}.residual", f"{p}.{r}.LayerNorm") for r in ("attention.output", "output"))
         parts = tuple((f"{attn}.{n}", w, specs[o]) for n, w, o in zip(QKV_PROJECTIONS, parts, qkv_outs))
+        core_weights = tuple(None if w is None else kl.quads_args(w.packed, w.scale, w.bias)
+                             for w in [qkv, *(w for _, w, _ in parts), *weights])
+        core_specs = tuple(tuple((int(sp.bits), bool(sp.tmiqr)) for sp in group)  # input; q, k, v outputs; linears' inputs
+                           for group in ([specs[in_site]], [specs[o] for o in qkv_outs], [specs[s] for s, _ in lin]))
         return _LayerPlan(attn, f"out:{attn}.qkv", specs[in_site], qkv, _one_spec(specs, qkv_outs), parts, probs_qp, linears,
-                          norms)
+                          norms, core_weights, core_specs, act,
+                          (probs_qp.int_dtype == np.uint8 and 0 <= probs_qp.zero_point <= 255)
+                          or (probs_qp.int_dtype == np.int8 and probs_qp.zero_point == 0))
 
 
 def _one_spec(specs: dict, sites: list) -> bool:

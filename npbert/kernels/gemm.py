@@ -647,13 +647,19 @@ def _quads_operands(a: np.ndarray, zp: int, pw: PackedInt8Weight):
         mpad = -(-M // MR) * MR
         a8 = _scratch(mpad * lda, np.uint8)
         _widen(a, 0, a.shape[1], shift, mpad, lda, a8)  # (widen's a - zp, stored as uint8 here)
+    return a8, lda, _quads_corr(pw, zp_u8)
+
+
+def _quads_corr(pw: PackedInt8Weight, zp_u8: int) -> np.ndarray:
+    """The quad kernel's zero-point correction row for uint8 codes with zero point zp_u8: int32
+    [NP * 16], zp_u8 times each output's weight sum (the fixes add a * fix only), cached per weight."""
     key = b"corr%d" % zp_u8  # (bytes: tuple keys are gemm_grouped's plans)
-    corr = pw._groups.get(key)  # the same few zero points call after call: cached
+    corr = pw._groups.get(key)  # the same few zero points call after call
     if corr is None:
         corr = np.zeros(-(-pw.n // NR) * NR, np.int32)
-        corr[:pw.n] = np.int32(zp_u8) * pw.row_sums  # zp times the sums of w itself: the fixes add a * fix only
+        corr[:pw.n] = np.int32(zp_u8) * pw.row_sums
         pw._groups[key] = corr
-    return a8, lda, corr
+    return corr
 
 
 def _run_quads(a: np.ndarray, zp: int, pw: PackedInt8Weight, out, name: str):

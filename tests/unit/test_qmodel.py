@@ -102,11 +102,13 @@ def test_fused_qkv_is_bit_identical_and_shares_the_weight_bytes(minilm_dir, reci
         assert all(np.shares_memory(p.scale, w.scale) and np.shares_memory(p.bias, w.bias) for p in parts)
         assert sum(p.packed.panels.nbytes for p in parts) == w.packed.panels.nbytes
     b = m.tokenizer.encode(REAL_TEXTS[:3])
+    monkeypatch.setattr(QuantExecutor, "LAYER_CORE", False)  # GEMMs counted at their Python entries (the
+    # compiled layer calls the same kernels: test_fused_layer_is_bit_identical)
     layer_gemms = ["gemm_s8s8", "gemm_u8s8", "dequant_into"]  # (quad-panel float outputs, checked or not: dequant_into)
     calls = _count_calls(monkeypatch, kg, *layer_gemms)
-    layer_runs = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")  # the fused layer's (not on pair panels)
+    runs = _fused_layer_runs(monkeypatch)  # (not on pair panels)
     out = qm.forward(b).last_hidden_state.copy()
-    assert len(layer_runs) == (0 if recipe == "dynamic:weights=channel" else 3 * L)
+    assert runs == ([] if recipe == "dynamic:weights=channel" else ["stacked"] * L)
     fused_calls = len(calls)
     monkeypatch.setattr(QuantExecutor, "FUSE_QKV", False)
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
@@ -146,6 +148,7 @@ def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, 
     from npbert.kernels import gemm as kg
     from npbert.qmodel import QuantExecutor
 
+    monkeypatch.setattr(QuantExecutor, "LAYER_CORE", False)  # GEMMs counted at their Python entries
     qm = quantize_model(tiny32, recipe, calibration=TINY_TEXTS, overrides=list(overrides))
     L = tiny32.config.num_hidden_layers
     assert len(qm.qkv_weights) == L
@@ -169,28 +172,60 @@ def test_fused_qkv_every_input_kind_is_bit_identical(tiny32, recipe, overrides, 
     ("dynamic", (), False),  # weights on pair panels
     ("w8a8:wbits=7", (), False),  # static sites
 ])
-def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, monkeypatch):
-    """QuantExecutor.layer runs a plain dynamic layer as one run of kernel calls: on padded batches the
-    outputs equal the hooks' one by one (FUSE_LAYERS off) bit for bit, for the stacked q/k/v and, past
-    FUSE_QKV_MAX_ROWS or with FUSE_QKV off, for three q/k/v GEMMs; it ran for exactly the layers it
-    covers (three linears each; q/k/v specs that differ only keep it off the stacked layout)."""
+@pytest.mark.parametrize("core", [True, False])
+def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, core, monkeypatch):
+    """QuantExecutor.layer runs a plain dynamic layer as one compiled call (LAYER_CORE) or as the same
+    kernels called one by one: on padded batches the outputs equal the hooks' (FUSE_LAYERS off) bit
+    for bit, for the stacked q/k/v and, past FUSE_QKV_MAX_ROWS or with FUSE_QKV off, for three q/k/v
+    GEMMs; it ran for exactly the layers it covers (q/k/v specs that differ only keep it off the
+    stacked layout)."""
     from npbert.qmodel import QuantExecutor
 
+    monkeypatch.setattr(QuantExecutor, "LAYER_CORE", core)
     qm = quantize_model(tiny32, recipe, calibration=TINY_TEXTS, overrides=list(overrides))
     L = tiny32.config.num_hidden_layers
     b = tiny32.tokenizer.encode(TINY_TEXTS)
     assert not b.attention_mask.all()  # padding: the segments and the key mask matter
-    calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
-    parts = _count_calls(monkeypatch, QuantExecutor, "_one_head_block")
+    runs = _fused_layer_runs(monkeypatch)
     out = qm.forward(b).last_hidden_state.copy()
-    assert len(calls) == 3 * {True: L, False: 0, "not layer 1": L - 1}[fused] and not parts
+    assert runs == ["stacked"] * {True: L, False: 0, "not layer 1": L - 1}[fused]
     for switch, value in (("FUSE_QKV_MAX_ROWS", b.input_ids.size - 1), ("FUSE_QKV", False), ("FUSE_LAYERS", False)):
         with monkeypatch.context() as mp:  # one switch at a time: the last compares with the hooks
             mp.setattr(QuantExecutor, switch, value)
-            n0, p0 = len(calls), len(parts)
+            runs.clear()
             np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
             layers = 0 if (switch == "FUSE_LAYERS" or fused is False) else L  # three q/k/v GEMMs: every layer
-            assert (len(calls) - n0, len(parts) - p0) == (3 * layers, 3 * layers)
+            assert runs == ["three"] * layers
+
+
+def _fused_layer_runs(monkeypatch) -> list:
+    """A list that gets "stacked" or "three" (the q/k/v GEMMs' layout) for every layer QuantExecutor.layer
+    ran itself, as one compiled call (kernels.layer.dynamic_layer_into returning OK) or one by one."""
+    from npbert.kernels import layer as kl
+    from npbert.qmodel import QuantExecutor
+
+    runs = []
+    core = kl.dynamic_layer_into
+
+    def watched_core(*a):
+        code = core(*a)
+        if code == kl.OK:
+            runs.append("stacked" if a[5] else "three")
+        return code
+
+    monkeypatch.setattr(kl, "dynamic_layer_into", watched_core)
+    linear_rows, one_head_block = QuantExecutor._linear_rows, QuantExecutor._one_head_block
+    three = []
+
+    def watched_linear_rows(self, plan, j, *a):
+        if j == 2:  # the layer's last linear: it ran to its end
+            runs.append("three" if three else "stacked")
+            three.clear()
+        return linear_rows(self, plan, j, *a)
+
+    monkeypatch.setattr(QuantExecutor, "_linear_rows", watched_linear_rows)
+    monkeypatch.setattr(QuantExecutor, "_one_head_block", lambda self, *a: three.append(1) or one_head_block(self, *a))
+    return runs
 
 
 def test_fused_layer_with_mpnet_relative_bias_is_bit_identical(monkeypatch):
@@ -214,31 +249,37 @@ def test_fused_layer_with_mpnet_relative_bias_is_bit_identical(monkeypatch):
     for i, n in enumerate((11, 6, 2)):
         ids[i, :n], mask[i, :n] = rng.choice(np.r_[0, 2:50], n), 1
     b = Batch(ids, mask, np.zeros_like(ids), np.zeros(3, bool))
-    calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
+    runs = _fused_layer_runs(monkeypatch)
     out = qm.forward(b).last_hidden_state.copy()
-    assert len(calls) == 3 * cfg.num_hidden_layers
-    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", False)
+    assert runs == ["stacked"] * cfg.num_hidden_layers
+    monkeypatch.setattr(QuantExecutor, "LAYER_CORE", False)  # the kernels one by one
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
-    assert len(calls) == 3 * cfg.num_hidden_layers
+    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", False)  # the hooks
+    np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
+    assert runs == ["stacked"] * 2 * cfg.num_hidden_layers
 
 
-@pytest.mark.parametrize("fuse_layers", [True, False])
-def test_nonfinite_activations_raise_naming_the_row(tiny32, fuse_layers, monkeypatch):
-    """A NaN inside the encoder (a LayerNorm weight, here) stops the integer forward with InputError
-    naming the first bad row, fused layer (which ran layer 0) or hooks alike."""
+@pytest.mark.parametrize("path", ["core", "one by one", "hooks"])
+@pytest.mark.parametrize("ln,fused_layers", [("output", 1), ("attention.output", 0)])
+def test_nonfinite_activations_raise_naming_the_row(tiny32, path, ln, fused_layers, monkeypatch):
+    """A NaN inside the encoder (a LayerNorm weight of layer 0, here) stops the integer forward with
+    InputError naming the first bad row, whichever way the layer runs: the compiled layer (which hands a
+    NaN to the hooks to name), its kernels one by one, or the hooks. The layer's output LayerNorm
+    poisons layer 1's input (layer 0 ran fused), its attention LayerNorm the FF1 input inside layer 0."""
     from npbert.model import Model
     from npbert.qmodel import QuantExecutor
 
-    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", fuse_layers)
+    monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", path != "hooks")
+    monkeypatch.setattr(QuantExecutor, "LAYER_CORE", path == "core")
     params = dict(tiny32.params)
-    gamma = params["encoder.layer.0.output.LayerNorm.weight"].copy()
+    gamma = params[f"encoder.layer.0.{ln}.LayerNorm.weight"].copy()
     gamma[3] = np.nan
-    params["encoder.layer.0.output.LayerNorm.weight"] = gamma
+    params[f"encoder.layer.0.{ln}.LayerNorm.weight"] = gamma
     qm = quantize_model(Model(tiny32.config, params, tiny32.tokenizer, tiny32.pooling, "nan"), "dynamic:wbits=7")
-    calls = _count_calls(monkeypatch, QuantExecutor, "_linear_rows")
+    runs = _fused_layer_runs(monkeypatch)
     with pytest.raises(InputError, match="quantize_dynamic: NaN in row 0; the activations are not finite"):
         qm.forward(tiny32.tokenizer.encode(TINY_TEXTS[:2]))
-    assert len(calls) == (3 if fuse_layers else 0)  # layer 0 ran fused; layer 1's first quantizer raised
+    assert len(runs) == (fused_layers if path != "hooks" else 0)
 
 
 def test_fold_permutation_keeps_fp32_outputs(tiny):
@@ -631,6 +672,7 @@ def test_gemm_dequant_and_unsigned_codes_are_bit_identical(tiny, recipe, monkeyp
     from npbert.kernels import gemm as kg
     from npbert.qmodel import QuantExecutor
 
+    monkeypatch.setattr(QuantExecutor, "LAYER_CORE", False)  # GEMMs counted at their Python entries
     qm = quantize_model(tiny, recipe, calibration=TINY_TEXTS)
     b = tiny.tokenizer.encode(TINY_TEXTS)
     calls = _count_calls(monkeypatch, kg, "dequant_into")  # (gemm_dequant's quad-panel call, checked or not)
