@@ -1,17 +1,22 @@
-"""npbert against ONNX Runtime int8 in one process, forwards alternated: a speed ratio that a slow
+"""npbert against ONNX Runtime int8 in one process, in alternating blocks: a speed ratio that a slow
 stretch of a shared machine cannot decide alone.
 
     flock /tmp/npbert-heavy.lock python bench/ab_ort.py [--model minilm|bert-base] [--batch 8] [--threads 2]
-        [--reps 30] [--recipe dynamic] [--gap 0.05] [--out results/F.json]
+        [--reps 30] [--block 5] [--gap 0.5] [--recipe dynamic] [--out results/F.json]
 
 bench_e2e.py runs every engine in its own process, one after the other; on this shared VM a disturbed
 stretch can slow one engine's process by 20-40% and not the other's, so single runs of it may swing a
 ratio either way. Here npbert (the recipe) and ONNX Runtime's dynamic int8 model (bench_e2e's export:
-run bench_e2e.py once first, it caches the ONNX files) run round-robin on the same pre-tokenized batch
-(B x 128 real tokens), the order flipped every round, with --gap seconds of idle before each timed
-call so that the other runtime's spinning worker threads have gone to sleep (ORT's intra-op pool and
-numba's OpenMP workers both spin after a call). Prints the medians and npbert / ORT as a throughput
-ratio (higher = npbert faster).
+run bench_e2e.py once first, it caches the ONNX files) run on the same pre-tokenized batch (B x 128
+real tokens) in alternating blocks, the order flipped every round: --gap seconds of idle, one untimed
+forward, then --block timed forwards back to back, as a server runs them. The idle lets the other
+runtime's worker threads go to sleep (ORT's intra-op pool and numba's OpenMP workers both spin
+after a call). Until 9f6faf0 each forward alternated with the other's after 50 ms of idle, which was
+not enough: ORT's workers were still spinning, and a MiniLM batch-1 npbert forward right after ORT's
+took 27.42 ms against 19.72 right after its own, while ORT's did not mind npbert's
+(bench/results/ab-ort-minilm-b1-gap005.json: that version with the medians split by predecessor
+added, run once before this one replaced it). Prints the medians and
+npbert / ORT as a throughput ratio (higher = npbert faster).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--recipe", default="dynamic")
-    ap.add_argument("--gap", type=float, default=0.05, help="idle seconds before each timed forward")
+    ap.add_argument("--block", type=int, default=5, help="timed forwards per block (after one untimed)")
+    ap.add_argument("--gap", type=float, default=0.5, help="idle seconds before each block")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model_dir, onnx_dir = MODELS[args.model]
@@ -80,24 +86,27 @@ def main() -> int:
         f()
     times: dict[str, list[float]] = {e: [] for e in engines}
     order = list(engines.items())
-    for rep in range(args.reps):
-        for e, f in (order if rep % 2 == 0 else order[::-1]):
-            time.sleep(args.gap)
-            t0 = time.perf_counter()
-            f()
-            times[e].append(time.perf_counter() - t0)
+    for blk in range(-(-args.reps // args.block)):
+        for e, f in (order if blk % 2 == 0 else order[::-1]):
+            time.sleep(args.gap)  # the other runtime's spinning workers go to sleep
+            f()  # wakes this runtime's threads and caches: not timed
+            for _ in range(args.block):
+                t0 = time.perf_counter()
+                f()
+                times[e].append(time.perf_counter() - t0)
     med = {e: statistics.median(v) for e, v in times.items()}
     ratio = med["ort-int8"] / med[f"npbert-{args.recipe}"]
-    print(f"{args.model}, batch {B} x {T}, {args.threads} threads, {args.reps} alternated repeats, gap {args.gap} s")
+    print(f"{args.model}, batch {B} x {T}, {args.threads} threads, {len(times[order[0][0]])} forwards each in blocks of "
+          f"{args.block} (+1 untimed), alternated, {args.gap} s idle before each block")
     for e, s in med.items():
         print(f"  {e:<16} {B / s:8.2f} seq/s  (median {s * 1e3:.2f} ms)")
     print(f"  npbert-{args.recipe} / ort-int8 speed: {ratio:.3f}   (output cosine {cos:.4f})")
     if args.out:
         _util.write_json(Path(args.out), {
             "command": " ".join(["python", *sys.argv]), "git": _util.git_state(), "machine": _util.machine_info(),
-            "model": args.model, "batch": B, "seq_len": T, "threads": args.threads, "reps": args.reps, "gap_s": args.gap,
-            "median_s": med, "seq_per_s": {e: B / s for e, s in med.items()}, "speed_ratio": ratio, "cosine": cos,
-            "samples_s": times})
+            "model": args.model, "batch": B, "seq_len": T, "threads": args.threads, "reps": args.reps, "block": args.block,
+            "gap_s": args.gap, "median_s": med, "seq_per_s": {e: B / s for e, s in med.items()}, "speed_ratio": ratio,
+            "cosine": cos, "samples_s": times})
         print(f"wrote {args.out}")
     return 0
 
