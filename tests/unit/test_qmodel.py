@@ -108,7 +108,7 @@ def test_fused_qkv_is_bit_identical_and_shares_the_weight_bytes(minilm_dir, reci
     calls = _count_calls(monkeypatch, kg, *layer_gemms)
     runs = _fused_layer_runs(monkeypatch)  # (not on pair panels)
     out = qm.forward(b).last_hidden_state.copy()
-    assert runs == ([] if recipe == "dynamic:weights=channel" else ["stacked"] * L)
+    assert runs == ([] if recipe == "dynamic:weights=channel" else ["one by one:stacked"] * L)
     fused_calls = len(calls)
     monkeypatch.setattr(QuantExecutor, "FUSE_QKV", False)
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
@@ -187,20 +187,24 @@ def test_fused_layer_is_bit_identical(tiny32, recipe, overrides, fused, core, mo
     b = tiny32.tokenizer.encode(TINY_TEXTS)
     assert not b.attention_mask.all()  # padding: the segments and the key mask matter
     runs = _fused_layer_runs(monkeypatch)
+    path = "core:" if core else "one by one:"
     out = qm.forward(b).last_hidden_state.copy()
-    assert runs == ["stacked"] * {True: L, False: 0, "not layer 1": L - 1}[fused]
+    assert runs == [path + "stacked"] * {True: L, False: 0, "not layer 1": L - 1}[fused]
     for switch, value in (("FUSE_QKV_MAX_ROWS", b.input_ids.size - 1), ("FUSE_QKV", False), ("FUSE_LAYERS", False)):
         with monkeypatch.context() as mp:  # one switch at a time: the last compares with the hooks
             mp.setattr(QuantExecutor, switch, value)
             runs.clear()
             np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
             layers = 0 if (switch == "FUSE_LAYERS" or fused is False) else L  # three q/k/v GEMMs: every layer
-            assert runs == ["three"] * layers
+            assert runs == [path + "three"] * layers
 
 
 def _fused_layer_runs(monkeypatch) -> list:
-    """A list that gets "stacked" or "three" (the q/k/v GEMMs' layout) for every layer QuantExecutor.layer
-    ran itself, as one compiled call (kernels.layer.dynamic_layer_into returning OK) or one by one."""
+    """A list that gets an entry for every layer QuantExecutor.layer ran itself: "core:stacked" /
+    "core:three" (the q/k/v GEMMs' layout) where the compiled call (kernels.layer.dynamic_layer_into)
+    returned OK, "core:step N" where it stopped at step N's non-finite values (then the layer input it
+    was given must be unchanged: checked here, since the hooks run again from it), "one by one:stacked"
+    / "one by one:three" where layer() called the kernels itself."""
     from npbert.kernels import layer as kl
     from npbert.qmodel import QuantExecutor
 
@@ -208,9 +212,13 @@ def _fused_layer_runs(monkeypatch) -> list:
     core = kl.dynamic_layer_into
 
     def watched_core(*a):
+        x2 = a[0].copy()
         code = core(*a)
         if code == kl.OK:
-            runs.append("stacked" if a[5] else "three")
+            runs.append("core:" + ("stacked" if a[5] else "three"))
+        else:
+            np.testing.assert_array_equal(a[0], x2)  # (NaN == NaN here: assert_array_equal's rule)
+            runs.append(f"core:step {code}")
         return code
 
     monkeypatch.setattr(kl, "dynamic_layer_into", watched_core)
@@ -219,7 +227,7 @@ def _fused_layer_runs(monkeypatch) -> list:
 
     def watched_linear_rows(self, plan, j, *a):
         if j == 2:  # the layer's last linear: it ran to its end
-            runs.append("three" if three else "stacked")
+            runs.append("one by one:" + ("three" if three else "stacked"))
             three.clear()
         return linear_rows(self, plan, j, *a)
 
@@ -251,12 +259,12 @@ def test_fused_layer_with_mpnet_relative_bias_is_bit_identical(monkeypatch):
     b = Batch(ids, mask, np.zeros_like(ids), np.zeros(3, bool))
     runs = _fused_layer_runs(monkeypatch)
     out = qm.forward(b).last_hidden_state.copy()
-    assert runs == ["stacked"] * cfg.num_hidden_layers
+    assert runs == ["core:stacked"] * cfg.num_hidden_layers
     monkeypatch.setattr(QuantExecutor, "LAYER_CORE", False)  # the kernels one by one
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
     monkeypatch.setattr(QuantExecutor, "FUSE_LAYERS", False)  # the hooks
     np.testing.assert_array_equal(qm.forward(b).last_hidden_state, out)
-    assert runs == ["stacked"] * 2 * cfg.num_hidden_layers
+    assert runs == ["core:stacked"] * cfg.num_hidden_layers + ["one by one:stacked"] * cfg.num_hidden_layers
 
 
 @pytest.mark.parametrize("path", ["core", "one by one", "hooks"])
@@ -279,7 +287,9 @@ def test_nonfinite_activations_raise_naming_the_row(tiny32, path, ln, fused_laye
     runs = _fused_layer_runs(monkeypatch)
     with pytest.raises(InputError, match="quantize_dynamic: NaN in row 0; the activations are not finite"):
         qm.forward(tiny32.tokenizer.encode(TINY_TEXTS[:2]))
-    assert len(runs) == (fused_layers if path != "hooks" else 0)
+    expected = {"hooks": [], "one by one": ["one by one:stacked"] * fused_layers,
+                "core": ["core:stacked"] * fused_layers + [f"core:step {1 if fused_layers else 4}"]}[path]
+    assert runs == expected  # (the core stops at layer 1's input, or at layer 0's FF1 input: steps 1 / 4)
 
 
 def test_fold_permutation_keeps_fp32_outputs(tiny):
