@@ -505,7 +505,7 @@ class QuantExecutor(Executor):
     def _array(self, name: str, shape: tuple, dtype) -> np.ndarray:
         """Value `name`'s reusable buffer (buffer()), or a fresh array where it has none."""
         buf = self.buffer(name, shape, dtype)
-        return np.empty(shape, dtype) if buf is None else buf
+        return kg.aligned_empty(math.prod(shape), dtype).reshape(shape) if buf is None else buf
 
     def _rows_codes(self, name: str, x2: np.ndarray, seg, valid, spec: SiteSpec, unsigned: bool):
         """Integer dynamic codes of site `name` [M, K] (uint8 + 128 if unsigned, else int8 / int16 by bits)
@@ -1202,7 +1202,7 @@ class QuantizedModel(Model):
         n = math.prod(shape)
         buf = ws.get((role, dtype))
         if buf is None or buf.size < n:
-            buf = ws[(role, dtype)] = np.empty(n, dtype)
+            buf = ws[(role, dtype)] = kg.aligned_empty(n, dtype)  # tile rows on whole cache lines
             views.clear()
         if len(views) > 4096:  # many shapes (evaluation over varied lengths): start afresh
             views.clear()

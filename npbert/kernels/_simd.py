@@ -73,12 +73,17 @@ def _is_flat(t, dtype) -> bool:
     return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == dtype
 
 
+def _splat(builder, x, n):
+    """<n x T> of copies of the scalar x."""
+    i32 = ir.IntType(32)
+    undef = ir.Constant(ir.VectorType(x.type, n), ir.Undefined)
+    return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef,
+                                  ir.Constant(ir.VectorType(i32, n), [0] * n))
+
+
 def _splat8(builder, x):
     """<8 x T> of copies of the scalar x."""
-    i32 = ir.IntType(32)
-    undef = ir.Constant(ir.VectorType(x.type, 8), ir.Undefined)
-    return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef,
-                                  ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+    return _splat(builder, x, 8)
 
 
 def _broadcast_pair(builder, row, p):
@@ -307,6 +312,21 @@ def _target_has(feature: str) -> bool:
 
 
 HAVE_U8S7 = _target_has("avx2")
+# The quad loop's instruction. VNNI's vpdpbusd adds the four uint8 x int8 products of each 32-bit lane
+# to its int32 accumulator without an int16 intermediate, so it cannot saturate; the panels keep their
+# fixes (w = panel + fix is an identity), and every path returns the same exact int32 sums (wrapping
+# mod 2^32 alike). "vnni512": the whole 16-column panel quad in one zmm (AVX512-VNNI; AMD Zen 4/5 and
+# Intel since Ice Lake run it at full width); "vnni256": one ymm per 8 columns (AVX-VNNI without
+# AVX-512); "avx2": vpmaddubsw + vpmaddwd + vpaddd. NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pick another
+# target (tests pin haswell for the AVX2 path), and numba's cache keys on that target.
+if HAVE_U8S7 and _target_has("avx512vnni") and _target_has("avx512bw") and _target_has("avx512vl"):
+    QUAD_ISA = "vnni512"
+elif HAVE_U8S7 and (_target_has("avxvnni") or (_target_has("avx512vnni") and _target_has("avx512vl"))):
+    QUAD_ISA = "vnni256"
+elif HAVE_U8S7:
+    QUAD_ISA = "avx2"
+else:
+    QUAD_ISA = None
 # with FMA hardware the grouped tiles' s * acc + yt is one vfmadd; without it, llvm.fma would become a
 # libm call per lane, so the separate multiply and add (the same bits, see _store_scaled) are emitted
 HAVE_FMA = _target_has("fma")
@@ -334,39 +354,14 @@ def _quad_loop(context, builder, signature, args):
     registers: the product is splat and masked to its lane (lane index == column), so the tile never
     makes a round trip through memory (a first version wrote a [4, 16] int32 correction tile with
     scalar stores and read it back as vectors: it was slower)."""
-    mod = builder.module
-    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-    v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-    pmaddubsw = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
-    pmaddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v8i32 = ir.VectorType(i32, 8)
     arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
     a_off_v, lda_v, w_off_v, nq_v = args[1], args[2], args[4], args[5]
     a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [a_off_v])
     w_base = builder.gep(builder.bitcast(arr(3).data, i8.as_pointer()), [w_off_v])
     rows = [builder.gep(a_base, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
-    ones = ir.Constant(v16i16, [1] * 16)
-
-    def quad_step(q):
-        wq_q = builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))])
-        wv = [builder.load(builder.bitcast(builder.gep(wq_q, [ir.Constant(i64, 32 * h)]), v32i8.as_pointer()), align=1)
-              for h in range(2)]
-        q4 = builder.shl(q, ir.Constant(i64, 2))
-        for r in range(MR):
-            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
-            b8 = builder.bitcast(_splat8(builder, quad), v32i8)
-            for h in range(2):
-                s32 = builder.call(pmaddwd, [builder.call(pmaddubsw, [b8, wv[h]]), ones])
-                acc = accs[2 * r + h]
-                builder.store(builder.add(builder.load(acc), s32), acc)
-
-    # two k-quads per iteration, then the odd one: a grouped GEMM's groups are short (16 quads)
-    with cgutils.for_range(builder, builder.lshr(nq_v, ir.Constant(i64, 1))) as loop:
-        q2 = builder.shl(loop.index, ir.Constant(i64, 1))
-        quad_step(q2)
-        quad_step(builder.add(q2, ir.Constant(i64, 1)))
-    with cgutils.for_range_slice(builder, builder.and_(nq_v, ir.Constant(i64, -2)), nq_v, ir.Constant(i64, 1)) as (q, _):
-        quad_step(q)
+    accs = (_quad_sums_vnni512 if QUAD_ISA == "vnni512" else _quad_sums_avx2)(builder, rows, w_base, nq_v)
 
     fix = [builder.bitcast(arr(k).data, i64.as_pointer()) for k in (8, 9, 10)]
     lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
@@ -386,6 +381,84 @@ def _quad_loop(context, builder, signature, args):
     cv = [builder.load(builder.bitcast(builder.gep(c_base, [ir.Constant(i64, 8 * h)]), v8i32.as_pointer()), align=4)
           for h in range(2)]
     return [builder.sub(builder.load(acc), cv[i % 2]) for i, acc in enumerate(accs)]
+
+
+def _quad_sums_vnni512(builder, rows, w_base, nq_v):
+    """The k-quad loop on AVX512-VNNI: per quad, the panel's 64 bytes (16 columns x 4 k) are one zmm and
+    each row's 4 activation bytes one 32-bit broadcast, so a row costs one vpdpbusd. Even and odd quads
+    go to separate accumulators (8 zmm chains instead of 4: the instruction's latency would otherwise
+    bound the loop) that are added at the end (int32 adds wrap, so the order cannot change the sum).
+    Returns the eight <8 x i32> accumulator allocas (row r, half h at 2r + h)."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v64i8, v16i32, v8i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+    vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]),
+                                              "llvm.x86.avx512.vpdpbusd.512")
+    zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(MR)] for _ in range(2)]
+
+    def quad_step(q, parity):
+        wq = builder.load(builder.bitcast(builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))]),
+                                          v64i8.as_pointer()), align=1)
+        q4 = builder.shl(q, ir.Constant(i64, 2))
+        for r in range(MR):
+            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+            b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
+            acc = zaccs[parity][r]
+            builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wq]), acc)
+
+    _two_quads_per_step(builder, nq_v, quad_step)
+    accs = []
+    lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
+    for r in range(MR):
+        z = builder.add(builder.load(zaccs[0][r]), builder.load(zaccs[1][r]))
+        for h in range(2):
+            accs.append(cgutils.alloca_once_value(builder, builder.shuffle_vector(z, z, lanes[h])))
+    return accs
+
+
+def _quad_sums_avx2(builder, rows, w_base, nq_v):
+    """The k-quad loop on 256-bit registers, one accumulator per row and 8-column half: vpdpbusd where
+    AVX-VNNI is (QUAD_ISA "vnni256"), else vpmaddubsw + vpmaddwd by ones + vpaddd. Returns the eight
+    <8 x i32> accumulator allocas (row r, half h at 2r + h)."""
+    mod = builder.module
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+    if QUAD_ISA == "vnni256":
+        vpdpbusd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v8i32, v32i8, v32i8]),
+                                                  "llvm.x86.avx512.vpdpbusd.256")
+        dot = lambda acc, b8, w: builder.call(vpdpbusd, [acc, b8, w])  # noqa: E731
+    else:
+        pmaddubsw = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+        pmaddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+        ones = ir.Constant(v16i16, [1] * 16)
+        dot = lambda acc, b8, w: builder.add(acc, builder.call(pmaddwd, [builder.call(pmaddubsw, [b8, w]), ones]))  # noqa: E731
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(2 * MR)]
+
+    def quad_step(q, _parity):
+        wq_q = builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))])
+        wv = [builder.load(builder.bitcast(builder.gep(wq_q, [ir.Constant(i64, 32 * h)]), v32i8.as_pointer()), align=1)
+              for h in range(2)]
+        q4 = builder.shl(q, ir.Constant(i64, 2))
+        for r in range(MR):
+            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+            b8 = builder.bitcast(_splat8(builder, quad), v32i8)
+            for h in range(2):
+                acc = accs[2 * r + h]
+                builder.store(dot(builder.load(acc), b8, wv[h]), acc)
+
+    _two_quads_per_step(builder, nq_v, quad_step)
+    return accs
+
+
+def _two_quads_per_step(builder, nq_v, quad_step):
+    """quad_step(q, parity) for q < nq_v: two k-quads per iteration (parity 0 and 1), then the odd one
+    (parity 0); a grouped GEMM's groups are short (16 quads)."""
+    i64 = ir.IntType(64)
+    with cgutils.for_range(builder, builder.lshr(nq_v, ir.Constant(i64, 1))) as loop:
+        q2 = builder.shl(loop.index, ir.Constant(i64, 1))
+        quad_step(q2, 0)
+        quad_step(builder.add(q2, ir.Constant(i64, 1)), 1)
+    with cgutils.for_range_slice(builder, builder.and_(nq_v, ir.Constant(i64, -2)), nq_v, ir.Constant(i64, 1)) as (q, _):
+        quad_step(q, 0)
 
 
 def _quad_args_ok(a8, wq, corr, fix_c, fix_k, fix_v) -> bool:

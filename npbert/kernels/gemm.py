@@ -68,6 +68,33 @@ __all__ = [
 
 K_MAX_S8S8 = 131071  # (2^31 - 1) // 2^14
 K_MAX_U8S8 = 65793  # (2^31 - 1) // (255 * 128)
+CACHE_LINE = 64  # bytes
+
+
+def aligned_empty(n: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D array of n elements of dtype whose data starts on a cache line. NumPy's
+    large allocations start 16 bytes past one (malloc's header on an mmap'd block), so a tile row of
+    16 float32 (64 bytes) stored there straddles two lines on every store; measured on MiniLM's FF1
+    output [1024, 1536]: the dequantizing GEMM 4% slower into a buffer 16 bytes off a line
+    (bench/ab_align.py). Weight panels, the executors' scratch and the GEMM's staging use this."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(n * dtype.itemsize + CACHE_LINE, np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start:start + n * dtype.itemsize].view(dtype)
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """a's values as a C-contiguous copy on a cache line (aligned_empty), in a's shape."""
+    out = aligned_empty(a.size, a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def aligned_concat(parts: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate of 1-D arrays of one dtype, written straight into an aligned_empty array."""
+    return np.concatenate(parts, out=aligned_empty(sum(p.size for p in parts), parts[0].dtype))
+
+
 _NO_FLAT = np.zeros(0, dtype=np.int32)  # "no direct store" (int64 results go through the tile)
 _NO_FIXES = (_NO_FIX, _NO_FIX, _NO_FIX, _NO_FIX)  # pairs panels hold w itself
 K_MAX_FMA = 16448  # groups up to this width keep |acc| <= 255 * 128 * K < 2^29: the float32 scale times acc is exact in float64 (fma == mul + add)
@@ -151,7 +178,7 @@ class PackedInt8Weight:
         buf = np.zeros((NP * NR, per * ng), dtype=np.int8)  # [Npad, Kpad]
         buf[:N, :K] = w if (layout == "pairs" or split is None) else split[0]
         # [NP, NR, ng, per] -> [NP, ng, NR, per]: panel-major, then k-group, then column, then member
-        self.panels = np.ascontiguousarray(buf.reshape(NP, NR, ng, per).transpose(0, 2, 1, 3)).reshape(-1)
+        self.panels = aligned_copy(buf.reshape(NP, NR, ng, per).transpose(0, 2, 1, 3)).reshape(-1)
         self.fixes = _NO_FIXES
         if layout == "quads":  # panel starts [NP+1] even without fixes (an empty or 7-bit weight)
             self.fixes = (np.zeros(NP + 1, np.int64), _NO_FIX, _NO_FIX, _NO_FIX)
@@ -210,7 +237,8 @@ class PackedInt8Weight:
             kps = np.array([p.kp for p in packs], np.int64)
             offs = np.concatenate([[0], np.cumsum([p.panels.size for p in packs])[:-1]]).astype(np.int64)
             aoff = np.concatenate([[0], np.cumsum(2 * kps)[:-1]]).astype(np.int64)
-            lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kps, aoff, int(2 * kps.sum()))
+            lay = self._groups[key] = (aligned_concat([p.panels for p in packs]), offs, kps, aoff,
+                                       int(2 * kps.sum()))
         return lay
 
     def group_quads_layout(self, bounds: np.ndarray) -> tuple:
@@ -236,7 +264,7 @@ class PackedInt8Weight:
                 starts[g] = p.fixes[0] + nfix
                 nfix += p.fixes[3].size
             fixes = [np.concatenate([p.fixes[i] for p in packs]).astype(np.int64) for i in (1, 2, 3)]
-            lay = self._groups[key] = (np.concatenate([p.panels for p in packs]), offs, kqs, aoff, int(4 * kqs.sum()),
+            lay = self._groups[key] = (aligned_concat([p.panels for p in packs]), offs, kqs, aoff, int(4 * kqs.sum()),
                                        sums, starts, *fixes)
         return lay
 
@@ -272,7 +300,7 @@ def concat_packed(parts: list[PackedInt8Weight]) -> PackedInt8Weight:
     p0 = parts[0]
     fused = PackedInt8Weight.__new__(PackedInt8Weight)
     fused.n, fused.k, fused.kp, fused.kq, fused.layout = sum(p.n for p in parts), p0.k, p0.kp, p0.kq, p0.layout
-    fused.panels = np.concatenate([p.panels for p in parts])
+    fused.panels = aligned_concat([p.panels for p in parts])
     fused.row_sums = np.concatenate([p.row_sums for p in parts])
     fused._groups = {}
     fused.fixes = _NO_FIXES
@@ -611,7 +639,7 @@ def _scratch(n: int, dtype) -> np.ndarray:
         bufs = _SCRATCH.bufs = {}
     buf = bufs.get(dtype)  # keyed by the dtype as passed (np.int16 / np.uint8): no np.dtype() per call
     if buf is None or buf.size < n:
-        buf = bufs[dtype] = np.empty(max(n, 1 << 16), dtype=dtype)
+        buf = bufs[dtype] = aligned_empty(max(n, 1 << 16), dtype)
     return buf[:n]
 
 
