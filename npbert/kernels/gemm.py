@@ -42,12 +42,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, _microkernel_finish_ir, _microkernel_quads_dequant_ir,
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_quads_dequant_ir,
                                   _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, ACT_NONE, activation, activation_into, epilogue, row_scales
 
@@ -98,6 +99,14 @@ def aligned_concat(parts: list[np.ndarray]) -> np.ndarray:
 _NO_FLAT = np.zeros(0, dtype=np.int32)  # "no direct store" (int64 results go through the tile)
 _NO_FIXES = (_NO_FIX, _NO_FIX, _NO_FIX, _NO_FIX)  # pairs panels hold w itself
 K_MAX_FMA = 16448  # groups up to this width keep |acc| <= 255 * 128 * K < 2^29: the float32 scale times acc is exact in float64 (fma == mul + add)
+# On VNNI (vpdpbusd: four u8 x s8 products straight into int32) no weight pair can saturate, so quad
+# panels hold every 8-bit weight as it is, with no fixes, and "auto" always packs quads: per-channel
+# 8-bit weights (8.0e-3 of all-MiniLM-L6-v2's would need a fix, README) run the byte kernel too.
+# Tests set it True to keep the fix path covered on VNNI hosts (the fixes are an identity everywhere).
+SPLIT_PAIRS = QUAD_ISA == "avx2"
+# The attention GEMMs (Q K^T, P V) on quad panels packed per call: only on VNNI, where K's and V's
+# full-range int8 codes need no fixes; elsewhere they widen to int16 pairs.
+BGEMM_QUADS = QUAD_ISA in ("vnni256", "vnni512")
 QUAD_FIX_MAX = 1.0 / 512  # the most fixes per weight quad panels carry; break-even is near 4e-3 (bench/bench_quad_fixes.py)
 S16_BLOCK_PAIRS = 255  # k-pairs per int32 block of gemm_s16s8: 510 * 2^22 = 2139095040 < 2^31
 
@@ -168,9 +177,12 @@ class PackedInt8Weight:
             raise QuantError("quad panels need an AVX2 CPU (vpmaddubsw); pack with layout='pairs' or 'auto'")
         split = None
         if layout != "pairs" and HAVE_U8S7 and w.size > 0:
-            split = split_saturating_pairs(w)
-            if layout == "auto":
-                layout = "quads" if split[1].size <= QUAD_FIX_MAX * w.size else "pairs"
+            if not SPLIT_PAIRS:
+                layout = "quads"
+            else:
+                split = split_saturating_pairs(w)
+                if layout == "auto":
+                    layout = "quads" if split[1].size <= QUAD_FIX_MAX * w.size else "pairs"
         self.layout = layout = "pairs" if layout == "auto" else layout
         NP = -(-N // NR)
         per = 2 if layout == "pairs" else 4  # k values per group (pair / quad)
@@ -410,10 +422,97 @@ def _gemm_core(a16, lda, m, wp, kp, n, kblock, out, out_flat):
         _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, out_flat, tile)
 
 
+def _signed_codes(a):  # pragma: no cover - replaced by its overload in compiled code
+    raise NotImplementedError
+
+
+@overload(_signed_codes)
+def _signed_codes_ov(a):
+    """Whether a's elements are signed integers, as a compile-time constant."""
+    signed = isinstance(a.dtype, types.Integer) and a.dtype.signed
+    return lambda a: signed
+
+
+@njit
+def _pack_quads(b, kq, out):
+    """b [N, K] int8 (any strides: a transposed view packs without a copy) -> out int8 flat
+    [NP*kq*4*NR], PackedInt8Weight's quad panels without fixes (for VNNI only), zero padded."""
+    N, K = b.shape
+    NP = (N + NR - 1) // NR
+    for j in range(NP):
+        for q in range(kq):
+            o = (j * kq + q) * 4 * NR
+            for c in range(NR):
+                n = j * NR + c
+                for t in range(4):
+                    k = 4 * q + t
+                    out[o + 4 * c + t] = b[n, k] if (n < N and k < K) else 0
+
+
 @jit(parallel=True)
+def _bgemm_quads_core(a, zp, b, b_kn, out):
+    """_bgemm_core on VNNI: per batch i, b[i] packed into quad panels and a[i] as uint8 codes (int8 a
+    + 128, zero point zp + 128; uint8 a read in place where its rows are whole quads and tiles), then
+    the quad micro-kernel with the zero-point correction zp_u8 * sum_k b[i][n, k]. Exact: the same
+    int32 sums (wrapping alike) as the int16 pair path.   # a [B, M, K], b [B, N, K] -> out [B, M, N]"""
+    B, M, K = a.shape
+    N = b.shape[2] if b_kn else b.shape[1]
+    kq = (K + 3) // 4
+    lda = 4 * kq
+    mpad = (M + MR - 1) // MR * MR
+    NP = (N + NR - 1) // NR
+    shift = -128 if _signed_codes(a) else 0  # a - shift in [0, 255]
+    zp_u8 = zp - shift
+    in_place = shift == 0 and lda == K and mpad == M
+    for i in prange(B):
+        wq = np.empty(NP * kq * 4 * NR, dtype=np.int8)  # [NP, kq, 16, 4]
+        corr = np.zeros(NP * NR, dtype=np.int32)
+        tile = np.empty(MR * NR, dtype=np.int32)
+        bi = b[i].T if b_kn else b[i]  # [N, K]
+        _pack_quads(bi, kq, wq)
+        for n in range(N):
+            sn = np.int32(0)
+            for k in range(K):
+                sn += np.int32(bi[n, k])
+            corr[n] = np.int32(zp_u8) * sn
+        ai = a[i]
+        if in_place:
+            a8 = ai.reshape(M * K).view(np.uint8)
+        else:
+            a8 = np.zeros(mpad * lda, dtype=np.uint8)  # [mpad, lda], pad rows and columns 0
+            for m in range(M):
+                for k in range(K):
+                    a8[m * lda + k] = np.uint8(np.int32(ai[m, k]) - shift)
+        oi_flat = out[i].reshape(M * N)
+        for j in range(NP):
+            n0 = j * NR
+            nn = min(NR, N - n0)
+            for i0 in range(0, M, MR):
+                mm = min(MR, M - i0)
+                if mm == MR and nn == NR:
+                    _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, _NO_FIX, _NO_FIX,
+                                         _NO_FIX, 0, 0, oi_flat, i0 * N + n0, N)
+                    continue
+                _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, _NO_FIX, _NO_FIX, _NO_FIX,
+                                     0, 0, tile, 0, NR)
+                for r in range(mm):
+                    for c in range(nn):
+                        oi_flat[(i0 + r) * N + n0 + c] = tile[r * NR + c]
+
+
+@njit
 def _bgemm_core(a, zp, b, b_kn, out):
     """out[i] = (a[i] - zp) @ b[i].T for each batch i   # a [B, M, K], b [B, N, K] -> out [B, M, N] int32
-    (b_kn: b given as [B, K, N], read transposed while packing)"""
+    (b_kn: b given as [B, K, N], read transposed while packing): quad panels on VNNI, else int16 pairs."""
+    if BGEMM_QUADS:
+        _bgemm_quads_core(a, zp, b, b_kn, out)
+    else:
+        _bgemm_pairs_core(a, zp, b, b_kn, out)
+
+
+@jit(parallel=True)
+def _bgemm_pairs_core(a, zp, b, b_kn, out):
+    """_bgemm_core through the int16 pair micro-kernel: a widened minus zp, b packed per batch."""
     B, M, K = a.shape
     N = b.shape[2] if b_kn else b.shape[1]
     kp = (K + 1) // 2

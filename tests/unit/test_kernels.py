@@ -236,18 +236,33 @@ from npbert.kernels import gemm as G, reference as R
 rng = np.random.default_rng(7)
 x = rng.standard_normal((45, 203)); x[:, 5:9] *= 30  # large same-sign pairs: fixes in most panels
 w = np.round(x / np.abs(x).max() * 127).astype(np.int8)
-pw = G.pack_int8_weight(w, "quads")
-ok = [pw.layout == "quads", pw.fixes[3].size > 0]
-for m in (1, 4, 13):
-    a = rng.integers(0, 256, (m, 203)).astype(np.uint8)
-    ok.append(np.array_equal(G.gemm_u8s8(a, 131, pw), R.gemm_u8s8_ref(a, 131, w)))
-    rs, ws, b = rng.random(m).astype(np.float32), rng.random(45).astype(np.float32), rng.random(45).astype(np.float32)
-    acc = R.gemm_u8s8_ref(a, 128, w)
-    want = (acc.astype(np.float64) * rs[:, None].astype(np.float64)).astype(np.float32) * ws + b
-    ok.append(np.array_equal(G.gemm_dequant(a, 128, pw, rs, ws, b).view(np.int32), want.view(np.int32)))
-    bounds, zps, sc = np.array([0, 64, 128, 203]), np.array([3, 128, 250]), np.array([0.5, 1 / 3, 2.0], np.float32)
-    ok.append(np.array_equal(G.gemm_grouped(a, bounds, zps, sc, pw).view(np.int32),
-                             R.gemm_grouped_ref(a, bounds, zps, sc, w).view(np.int32)))
+G.SPLIT_PAIRS = True  # fixes in the panels on every ISA (an identity; VNNI packs without them by default)
+packs = [G.pack_int8_weight(w, "quads")]
+ok = [packs[0].layout == "quads", packs[0].fixes[3].size > 0]
+if QUAD_ISA != "avx2":
+    G.SPLIT_PAIRS = False
+    packs.append(G.pack_int8_weight(w))
+    ok += [packs[1].layout == "quads", packs[1].fixes[3].size == 0]
+for pw in packs:
+    for m in (1, 4, 13):
+        a = rng.integers(0, 256, (m, 203)).astype(np.uint8)
+        ok.append(np.array_equal(G.gemm_u8s8(a, 131, pw), R.gemm_u8s8_ref(a, 131, w)))
+        rs, ws, b = rng.random(m).astype(np.float32), rng.random(45).astype(np.float32), rng.random(45).astype(np.float32)
+        acc = R.gemm_u8s8_ref(a, 128, w)
+        want = (acc.astype(np.float64) * rs[:, None].astype(np.float64)).astype(np.float32) * ws + b
+        ok.append(np.array_equal(G.gemm_dequant(a, 128, pw, rs, ws, b).view(np.int32), want.view(np.int32)))
+        bounds, zps, sc = np.array([0, 64, 128, 203]), np.array([3, 128, 250]), np.array([0.5, 1 / 3, 2.0], np.float32)
+        ok.append(np.array_equal(G.gemm_grouped(a, bounds, zps, sc, pw).view(np.int32),
+                                 R.gemm_grouped_ref(a, bounds, zps, sc, w).view(np.int32)))
+# the attention GEMMs (quad panels packed per call on VNNI, int16 pairs elsewhere), full-range codes
+for B, M, N, K in ((3, 5, 7, 9), (2, 128, 32, 128), (4, 12, 16, 32)):
+    a = rng.integers(-128, 128, (B, M, K)).astype(np.int8)
+    u = rng.integers(0, 256, (B, M, K)).astype(np.uint8)
+    b = rng.integers(-128, 128, (B, N, K)).astype(np.int8)
+    ref = np.einsum("bmk,bnk->bmn", a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
+    refu = np.einsum("bmk,bnk->bmn", u.astype(np.int64) - 37, b.astype(np.int64)).astype(np.int32)
+    ok.append(np.array_equal(G.bgemm_s8s8(a, b), ref))
+    ok.append(np.array_equal(G.bgemm_u8s8(u, 37, np.ascontiguousarray(b.transpose(0, 2, 1)), b_kn=True), refu))
 print(QUAD_ISA, all(ok), ok)
 """
 
@@ -292,7 +307,31 @@ def test_aligned_buffers_start_on_a_cache_line():
     assert y.ctypes.data % G.CACHE_LINE == 0 and y.flags.c_contiguous and np.array_equal(x, y)
 
 
-def test_pack_layouts():
+@pytest.fixture
+def split_pairs(monkeypatch):
+    """Pack as on AVX2 (saturating pairs split off into fixes) whatever the host: the fix path and the
+    auto layout's fix budget stay tested on VNNI hosts, whose default packs without fixes."""
+    monkeypatch.setattr(G, "SPLIT_PAIRS", True)
+
+
+@pytest.mark.skipif(G.SPLIT_PAIRS or not HAVE_U8S7, reason="VNNI hosts pack without fixes; this one splits pairs")
+def test_vnni_packs_every_weight_as_quads_without_fixes():
+    """On VNNI no pair saturates: 'auto' packs uniform 8-bit codes (1 in 8 weights would need a fix on
+    AVX2) as quads with no fixes, and the GEMMs stay exact at the operand extremes."""
+    rng = _rng(6)
+    w = _i8(rng, (40, 77))
+    w[:, :8] = -128
+    pw = pack_int8_weight(w)
+    assert pw.layout == "quads" and pw.fixes[3].size == 0 and np.array_equal(pw.w, w)
+    a = _i8(rng, (9, 77))
+    a[:, :8] = 127
+    _eq(gemm_s8s8(a, pw), R.gemm_s8s8_ref(a, w))
+    u = _u8(rng, (9, 77))
+    u[:, :8] = 255
+    _eq(gemm_u8s8(u, 3, pw), R.gemm_u8s8_ref(u, 3, w))
+
+
+def test_pack_layouts(split_pairs):
     rng = _rng(5)
     w8, w7 = _i8(rng, (20, 30)), _i7(rng, (20, 30))
     assert pack_int8_weight(w8).layout == "pairs"  # uniform int8: a quarter of the pairs, 1 in 8 weights, need a fix
@@ -358,7 +397,7 @@ def test_gemm_quads_eight_bit_exact(m, n, k):
 
 
 @needs_u8s7
-def test_quads_chosen_for_few_fixes():
+def test_quads_chosen_for_few_fixes(split_pairs):
     """auto: a per-tensor Gaussian weight needs few fixes (quads); a 7-bit one none; uniform codes
     too many (pairs). The 8-bit quad GEMM at K_MAX_S8S8, where its int32 terms wrap, is exact."""
     rng = _rng(12)
@@ -640,7 +679,7 @@ def test_gemm_grouped_at_the_fma_bound(layout, wide):
 
 
 @needs_u8s7
-def test_quads_weight_unpacking_leaves_the_panels_alone():
+def test_quads_weight_unpacking_leaves_the_panels_alone(split_pairs):
     """.w adds the fixes to a copy: with one k-quad (K = 4) the unpacked array would otherwise be a view
     of the panels. Reading it twice, then the GEMM, still gives the original weight and exact sums."""
     w = np.full((16, 4), 100, np.int8)
@@ -1159,7 +1198,7 @@ def test_gemm_dequant_bit_identical(m, n, k, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_concat_packed_is_the_parts_side_by_side(layout):
+def test_concat_packed_is_the_parts_side_by_side(layout, split_pairs):
     """Stacked weights (attention's q, k, v in one GEMM) give the parts' GEMMs side by side bit for bit,
     8-bit quad fixes included; afterwards the parts read views of the stack (one copy of the bytes)
     and still unpack to themselves; parts that cannot stack whole panels are refused."""
