@@ -200,16 +200,18 @@ def _store_scaled(context, builder, signature, args, accs, k, first=False):
         builder.store(_fma8(builder, builder.sitofp(acc, v8f64), sv, prev), dst, align=8)
 
 
-def _finish_rows(context, builder, signature, args, vals, k):
+def _finish_rows(context, builder, signature, args, vals, k, col0=0):
     """dst[d_off + r*ldd + c] = float32(v[r, c]) * ws[c] + bs[c] for the eight float64 vectors vals
     (row r, half h at 2r + h); ws, bs, dst, d_off, ldd = args[k : k + 5]. float32 multiply then add,
-    each rounded once (no fma), as NumPy would round them after the GEMM."""
+    each rounded once (no fma), as NumPy would round them after the GEMM. col0: the tile's first
+    column in ws, bs and dst (a second panel of the two-panel kernel: 16)."""
     arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i])  # noqa: E731
     f32, i64 = ir.FloatType(), ir.IntType(64)
     v8f32 = ir.VectorType(f32, 8)
-    ws_base = builder.bitcast(arr(k).data, f32.as_pointer())
-    bs_base = builder.bitcast(arr(k + 1).data, f32.as_pointer())
-    d_base = builder.gep(builder.bitcast(arr(k + 2).data, f32.as_pointer()), [args[k + 3]])
+    c0 = ir.Constant(i64, col0)
+    ws_base = builder.gep(builder.bitcast(arr(k).data, f32.as_pointer()), [c0])
+    bs_base = builder.gep(builder.bitcast(arr(k + 1).data, f32.as_pointer()), [c0])
+    d_base = builder.gep(builder.bitcast(arr(k + 2).data, f32.as_pointer()), [builder.add(args[k + 3], c0)])
     vec = lambda base, i: builder.bitcast(builder.gep(base, [ir.Constant(i64, i)]), v8f32.as_pointer())  # noqa: E731
     wsv = [builder.load(vec(ws_base, 8 * h), align=4) for h in range(2)]
     bsv = [builder.load(vec(bs_base, 8 * h), align=4) for h in range(2)]
@@ -543,7 +545,7 @@ def _microkernel_quads_finish_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, c
     return sig, codegen
 
 
-def _store_dequant(context, builder, signature, args, accs, k):
+def _store_dequant(context, builder, signature, args, accs, k, col0=0):
     """dst[d_off + r*ldd + c] = float32(float64(acc[r, c]) * rs[rs_off + r]) * ws[c] + bs[c]; rs, rs_off,
     ws, bs, dst, d_off, ldd = args[k : k + 7]. Each operation rounds once, in the order of
     fused.epilogue (float64 product to float32, then float32 multiply and add, no fma), so the tile
@@ -554,7 +556,7 @@ def _store_dequant(context, builder, signature, args, accs, k):
     rs_base = builder.gep(builder.bitcast(rs_arr.data, f64.as_pointer()), [args[k + 1]])
     rsv = [_splat8(builder, builder.load(builder.gep(rs_base, [ir.Constant(i64, r)]))) for r in range(MR)]
     vals = [builder.fmul(builder.sitofp(acc, v8f64), rsv[i // 2]) for i, acc in enumerate(accs)]
-    _finish_rows(context, builder, signature, args, vals, k + 2)
+    _finish_rows(context, builder, signature, args, vals, k + 2, col0)
 
 
 @intrinsic
@@ -570,6 +572,70 @@ def _microkernel_quads_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, 
 
     def codegen(context, builder, signature, args):
         _store_dequant(context, builder, signature, args, _quad_loop(context, builder, signature, args), 13)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _two_panel_sums_vnni512(context, builder, signature, args):
+    """The k-quad loop over two adjacent panels at once (a8, a_off, lda, wq, w_off, w_off2, nquads, corr,
+    c_off = args[0:9]): a 4 x 32 tile in eight zmm accumulators, each row's 4-byte broadcast shared by
+    both panels, so a k-quad costs 6 loads for 8 vpdpbusd where one panel costs 5 for 4 (the loads
+    bound the one-panel loop on L1-resident operands). No fixes (VNNI panels have none). Returns the
+    sixteen <8 x i32> tiles minus the corrections, panel p's (row r, half h) at 8p + 2r + h."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v64i8, v16i32, v8i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+    vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]),
+                                              "llvm.x86.avx512.vpdpbusd.512")
+    arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
+    a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [args[1]])
+    w_data = builder.bitcast(arr(3).data, i8.as_pointer())
+    w_bases = [builder.gep(w_data, [args[4]]), builder.gep(w_data, [args[5]])]
+    rows = [builder.gep(a_base, [builder.mul(args[2], ir.Constant(i64, r))]) for r in range(MR)]
+    zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(MR)] for _ in range(2)]
+
+    def quad_step(q, _parity):
+        q64 = builder.mul(q, ir.Constant(i64, 64))
+        wq = [builder.load(builder.bitcast(builder.gep(wb, [q64]), v64i8.as_pointer()), align=1) for wb in w_bases]
+        q4 = builder.shl(q, ir.Constant(i64, 2))
+        for r in range(MR):
+            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+            b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
+            for p in range(2):
+                acc = zaccs[p][r]
+                builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wq[p]]), acc)
+
+    _two_quads_per_step(builder, args[6], quad_step)
+    c_base = builder.gep(builder.bitcast(arr(7).data, i32.as_pointer()), [args[8]])
+    cv = [builder.load(builder.bitcast(builder.gep(c_base, [ir.Constant(i64, 8 * i)]), v8i32.as_pointer()), align=4)
+          for i in range(4)]  # corr[c_off : c_off + 32] in four <8 x i32>
+    lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
+    tiles = []
+    for p in range(2):
+        for r in range(MR):
+            z = builder.load(zaccs[p][r])
+            for h in range(2):
+                tiles.append(builder.sub(builder.shuffle_vector(z, z, lanes[h]), cv[2 * p + h]))
+    return tiles
+
+
+@intrinsic
+def _microkernel_quads2_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, w_off2, nquads, corr, c_off, rs, rs_off, ws,
+                                   bs, dst, d_off, ldd):
+    """Two adjacent quad panels (w_off, w_off2) without fixes as one 4 x 32 tile, dequantized as
+    _microkernel_quads_dequant_ir: dst[d_off + r*ldd + c] = float32(float64(tile[r, c]) * rs[rs_off + r])
+    * ws[c] + bs[c] for c < 32 (ws, bs float32 [32]: the two panels' W scales and biases). vnni512 only."""
+    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+            and _is_flat(rs, types.float64) and _is_flat(ws, types.float32) and _is_flat(bs, types.float32)
+            and _is_flat(dst, types.float32)):
+        return None
+    ip = types.intp
+    sig = types.void(a8, ip, ip, wq, ip, ip, ip, corr, ip, rs, ip, ws, bs, dst, ip, ip)
+
+    def codegen(context, builder, signature, args):
+        tiles = _two_panel_sums_vnni512(context, builder, signature, args)
+        for p in range(2):
+            _store_dequant(context, builder, signature, args, tiles[8 * p: 8 * p + 8], 9, 16 * p)
         return context.get_dummy_value()
 
     return sig, codegen

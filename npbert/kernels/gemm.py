@@ -48,7 +48,7 @@ from numba.extending import overload
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_quads_dequant_ir,
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir,
                                   _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, ACT_NONE, activation, activation_into, epilogue, row_scales
 
@@ -699,28 +699,63 @@ def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v
                     out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
 
 
+# vnni512: the dequantizing GEMM runs pairs of whole panels as 4 x 32 tiles (_microkernel_quads2_dequant_ir)
+TWO_PANELS = QUAD_ISA == "vnni512"
+
+
+@njit
+def _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias, out_flat,
+                   j, yf):
+    """Panel j of _gemm_quads_dequant_core: its 4 x 16 tiles, edge tiles through yf."""
+    n0 = j * NR
+    nn = min(NR, n - n0)
+    f0, f1 = fix_start[j], fix_start[j + 1]
+    ws, bs = _panel_scale_bias(w_scale, True, bias, has_bias, n0, nn)
+    for i0 in range(0, m, MR):
+        mm = min(MR, m - i0)
+        if mm == MR and nn == NR:
+            _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
+                                          f0, f1, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
+            continue
+        _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
+                                      f0, f1, rs, i0, ws, bs, yf, 0, NR)
+        _store_edge(yf, mm, nn, out_flat, i0 * n + n0, n)
+
+
 @jit(parallel=True)
 def _gemm_quads_dequant_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
                              out_flat):
     """out[m, n] = float32(float64(acc[m, n]) * rs[m]) * w_scale[n] + bias[n], acc = _gemm_quads_core's
     int32 result, dequantized in the micro-kernel's registers: the int32 [M, N] never reaches memory.
-    rs float64 [mpad] (rows past m: 0).   # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
+    rs float64 [mpad] (rows past m: 0).   # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]
+    On vnni512 (TWO_PANELS) panels go in pairs: two whole panels without fixes run as 4 x 32 tiles
+    (the same sums, stored by the same rounding steps), anything else panel by panel."""
     NP = (n + NR - 1) // NR
-    for j in prange(NP):
+    step = 2 if TWO_PANELS else 1
+    for jj in prange((NP + step - 1) // step):
         yf = np.empty(MR * NR, dtype=np.float32)
-        n0 = j * NR
-        nn = min(NR, n - n0)
-        f0, f1 = fix_start[j], fix_start[j + 1]
-        ws, bs = _panel_scale_bias(w_scale, True, bias, has_bias, n0, nn)
-        for i0 in range(0, m, MR):
-            mm = min(MR, m - i0)
-            if mm == MR and nn == NR:
-                _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
-                                              f0, f1, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
-                continue
-            _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
-                                          f0, f1, rs, i0, ws, bs, yf, 0, NR)
-            _store_edge(yf, mm, nn, out_flat, i0 * n + n0, n)
+        j = jj * step
+        if step == 2 and j + 1 < NP and (j + 2) * NR <= n and fix_start[j] == fix_start[j + 2]:
+            n0 = j * NR
+            ws = np.empty(2 * NR, dtype=np.float32)
+            bs = np.full(2 * NR, -0.0, dtype=np.float32)  # (x + -0.0 == x: no bias)
+            ws[:] = w_scale[n0:n0 + 2 * NR]
+            if has_bias:
+                bs[:] = bias[n0:n0 + 2 * NR]
+            mfull = m - m % MR
+            for i0 in range(0, mfull, MR):
+                _microkernel_quads2_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, (j + 1) * kq * 4 * NR, kq, corr,
+                                               n0, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
+            if mfull < m:  # the last rows: one panel at a time through the edge tile
+                for jp in range(j, j + 2):
+                    wsp, bsp = _panel_scale_bias(w_scale, True, bias, has_bias, jp * NR, NR)
+                    _microkernel_quads_dequant_ir(a8, mfull * lda, lda, wq, jp * kq * 4 * NR, kq, corr, jp * NR,
+                                                  fix_c, fix_k, fix_v, 0, 0, rs, mfull, wsp, bsp, yf, 0, NR)
+                    _store_edge(yf, m - mfull, NR, out_flat, mfull * n + jp * NR, n)
+            continue
+        for jp in range(j, min(j + step, NP)):
+            _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
+                           out_flat, jp, yf)
 
 
 # ---------------------------------------------------------------------------------------- wrappers
