@@ -641,6 +641,81 @@ def _microkernel_quads2_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, w_off2,
     return sig, codegen
 
 
+@intrinsic
+def _microkernel_grouped_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs, aoff, corr, np_, scales, ws, bs, dst,
+                                    d_off, ldd):
+    """A whole PEG tile in one call, for quad panels without fixes on vnni512: for each group g in order,
+    acc_g = sum over its kqs[g] k-quads of a8[r, aoff[g] + k] * panel j of the group (at woff[g] + j *
+    kqs[g] * 64) minus corr[(g * np_ + j) * 16 + c], then y = fma(float64(acc_g), scales[g], y) from y =
+    0.0; finally dst[d_off + r*ldd + c] = float32(y) * ws[c] + bs[c]. The same operations in the same
+    order as the first / scaled / finish kernels (bit-identical), but the float64 sums stay in
+    registers across the groups instead of a [4, 16] float64 tile stored and reloaded per group, and
+    one call replaces G (a PEG group of 64 dims is only 16 k-quads). int64 woff, kqs, aoff [G]; float64
+    scales [G]; float32 ws, bs [16]."""
+    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+            and all(_is_flat(t, types.int64) for t in (woff, kqs, aoff)) and _is_flat(scales, types.float64)
+            and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
+        return None
+    ip = types.intp
+    sig = types.void(a8, ip, ip, wq, woff, ip, kqs, aoff, corr, ip, scales, ws, bs, dst, ip, ip)
+
+    def codegen(context, builder, signature, args):
+        i8, i32, i64, f32, f64 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(), ir.DoubleType()
+        v64i8, v16i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16)
+        v16f64, v16f32 = ir.VectorType(f64, 16), ir.VectorType(f32, 16)
+        mod = builder.module
+        vpdpbusd = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]),
+                                                  "llvm.x86.avx512.vpdpbusd.512")
+        fma = cgutils.get_or_insert_function(mod, ir.FunctionType(v16f64, [v16f64] * 3), "llvm.fma.v16f64")
+        arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
+        ptr = lambda k, t: builder.bitcast(arr(k).data, t.as_pointer())  # noqa: E731
+        a_tile = builder.gep(ptr(0, i8), [args[1]])
+        w_data, woff_p, kqs_p, aoff_p = ptr(3, i8), ptr(4, i64), ptr(6, i64), ptr(7, i64)
+        corr_p, sc_p = ptr(8, i32), ptr(10, f64)
+        lda_v, j_v, np_v = args[2], args[5], args[9]
+        ys = [cgutils.alloca_once_value(builder, ir.Constant(v16f64, [0.0] * 16)) for _ in range(MR)]
+        zaccs = [[cgutils.alloca_once(builder, v16i32) for _ in range(MR)] for _ in range(2)]
+        n_groups = cgutils.unpack_tuple(builder, arr(6).shape, 1)[0]  # len(kqs)
+        with cgutils.for_range(builder, n_groups) as gl:
+            g = gl.index
+            kq = builder.load(builder.gep(kqs_p, [g]))
+            w_base = builder.gep(w_data, [builder.add(builder.load(builder.gep(woff_p, [g])),
+                                                      builder.mul(builder.mul(j_v, kq), ir.Constant(i64, 64)))])
+            a_g = builder.gep(a_tile, [builder.load(builder.gep(aoff_p, [g]))])
+            rows = [builder.gep(a_g, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
+            for par in range(2):
+                for r in range(MR):
+                    builder.store(ir.Constant(v16i32, None), zaccs[par][r])
+
+            def quad_step(q, parity):
+                wv = builder.load(builder.bitcast(builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))]),
+                                                  v64i8.as_pointer()), align=1)
+                q4 = builder.shl(q, ir.Constant(i64, 2))
+                for r in range(MR):
+                    quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+                    b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
+                    acc = zaccs[parity][r]
+                    builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wv]), acc)
+
+            _two_quads_per_step(builder, kq, quad_step)
+            c_off = builder.mul(builder.add(builder.mul(g, np_v), j_v), ir.Constant(i64, NR))
+            cv = builder.load(builder.bitcast(builder.gep(corr_p, [c_off]), v16i32.as_pointer()), align=4)
+            sv = _splat(builder, builder.load(builder.gep(sc_p, [g])), 16)
+            for r in range(MR):
+                z = builder.sub(builder.add(builder.load(zaccs[0][r]), builder.load(zaccs[1][r])), cv)
+                builder.store(builder.call(fma, [builder.sitofp(z, v16f64), sv, builder.load(ys[r])]), ys[r])
+        ws_v = builder.load(builder.bitcast(ptr(11, f32), v16f32.as_pointer()), align=4)
+        bs_v = builder.load(builder.bitcast(ptr(12, f32), v16f32.as_pointer()), align=4)
+        d_base = builder.gep(ptr(13, f32), [args[14]])
+        for r in range(MR):  # float32 multiply then add, each rounded once (as _finish_rows)
+            f = builder.fadd(builder.fmul(builder.fptrunc(builder.load(ys[r]), v16f32), ws_v), bs_v)
+            row = builder.gep(d_base, [builder.mul(args[15], ir.Constant(i64, r))])
+            builder.store(f, builder.bitcast(row, v16f32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _NO_FIX = np.zeros(0, dtype=np.int64)
 
 

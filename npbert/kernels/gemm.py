@@ -48,7 +48,7 @@ from numba.extending import overload
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir,
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_grouped_vnni512_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir,
                                   _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, ACT_NONE, activation, activation_into, epilogue, row_scales
 
@@ -607,6 +607,19 @@ def _gemm_grouped_core(a16, lda, m, aoff, wp, woff, kps, n, scales, w_scale, has
             _store_edge(yf, mm, nn, out_flat, i0 * n + n0, n)
 
 
+# vnni512: a PEG tile's groups in one kernel call with the float64 sums in registers
+GROUPED_IN_REGISTERS = QUAD_ISA == "vnni512"
+
+
+@njit
+def _no_fixes(fix_start, j):
+    """Whether panel j has no fixes in any group (fix_start int64 [G, NP+1])."""
+    for g in range(fix_start.shape[0]):
+        if fix_start[g, j] != fix_start[g, j + 1]:
+            return False
+    return True
+
+
 @jit(parallel=True)
 def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
                              has_w_scale, bias, has_bias, out_flat):
@@ -626,6 +639,16 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
         n0 = j * NR
         nn = min(NR, n - n0)
         ws, bs = _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn)
+        if GROUPED_IN_REGISTERS and _no_fixes(fix_start, j):  # every group's tile in one call, sums in registers
+            for i0 in range(0, m, MR):
+                if m - i0 >= MR and nn == NR:
+                    _microkernel_grouped_vnni512_ir(a8, i0 * lda, lda, wq, woff, j, kqs, aoff, corr, NP, scales, ws, bs,
+                                                    out_flat, i0 * n + n0, n)
+                else:
+                    _microkernel_grouped_vnni512_ir(a8, i0 * lda, lda, wq, woff, j, kqs, aoff, corr, NP, scales, ws, bs,
+                                                    yf, 0, NR)
+                    _store_edge(yf, min(MR, m - i0), nn, out_flat, i0 * n + n0, n)
+            continue
         for i0 in range(0, m, 2 * MR):
             i1 = i0 + MR
             two = i1 < m
