@@ -641,23 +641,9 @@ def _microkernel_quads2_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, w_off2,
     return sig, codegen
 
 
-@intrinsic
-def _microkernel_grouped_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs, aoff, corr, np_, scales, ws, bs, dst,
-                                    d_off, ldd):
-    """A whole PEG tile in one call, for quad panels without fixes on vnni512: for each group g in order,
-    acc_g = sum over its kqs[g] k-quads of a8[r, aoff[g] + k] * panel j of the group (at woff[g] + j *
-    kqs[g] * 64) minus corr[(g * np_ + j) * 16 + c], then y = fma(float64(acc_g), scales[g], y) from y =
-    0.0; finally dst[d_off + r*ldd + c] = float32(y) * ws[c] + bs[c]. The same operations in the same
-    order as the first / scaled / finish kernels (bit-identical), but the float64 sums stay in
-    registers across the groups instead of a [4, 16] float64 tile stored and reloaded per group, and
-    one call replaces G (a PEG group of 64 dims is only 16 k-quads). int64 woff, kqs, aoff [G]; float64
-    scales [G]; float32 ws, bs [16]."""
-    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
-            and all(_is_flat(t, types.int64) for t in (woff, kqs, aoff)) and _is_flat(scales, types.float64)
-            and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
-        return None
-    ip = types.intp
-    sig = types.void(a8, ip, ip, wq, woff, ip, kqs, aoff, corr, ip, scales, ws, bs, dst, ip, ip)
+def _grouped_vnni512_codegen(panels: int):
+    """The codegen of _microkernel_grouped_vnni512_ir (panels=1) and its two-panel twin (panels=2:
+    panels j and j+1 as a 4 x 32 tile, each row's broadcast shared; ws, bs [32])."""
 
     def codegen(context, builder, signature, args):
         i8, i32, i64, f32, f64 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(), ir.DoubleType()
@@ -673,14 +659,17 @@ def _microkernel_grouped_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs,
         w_data, woff_p, kqs_p, aoff_p = ptr(3, i8), ptr(4, i64), ptr(6, i64), ptr(7, i64)
         corr_p, sc_p = ptr(8, i32), ptr(10, f64)
         lda_v, j_v, np_v = args[2], args[5], args[9]
-        ys = [cgutils.alloca_once_value(builder, ir.Constant(v16f64, [0.0] * 16)) for _ in range(MR)]
+        ys = [[cgutils.alloca_once_value(builder, ir.Constant(v16f64, [0.0] * 16)) for _ in range(MR)]
+              for _ in range(panels)]
+        # one panel: even and odd k-quads on separate accumulators (8 chains); two panels: one per panel
         zaccs = [[cgutils.alloca_once(builder, v16i32) for _ in range(MR)] for _ in range(2)]
         n_groups = cgutils.unpack_tuple(builder, arr(6).shape, 1)[0]  # len(kqs)
         with cgutils.for_range(builder, n_groups) as gl:
             g = gl.index
             kq = builder.load(builder.gep(kqs_p, [g]))
-            w_base = builder.gep(w_data, [builder.add(builder.load(builder.gep(woff_p, [g])),
-                                                      builder.mul(builder.mul(j_v, kq), ir.Constant(i64, 64)))])
+            w_g = builder.add(builder.load(builder.gep(woff_p, [g])), builder.mul(builder.mul(j_v, kq), ir.Constant(i64, 64)))
+            w_bases = [builder.gep(w_data, [builder.add(w_g, builder.mul(kq, ir.Constant(i64, 64 * p)))])
+                       for p in range(panels)]
             a_g = builder.gep(a_tile, [builder.load(builder.gep(aoff_p, [g]))])
             rows = [builder.gep(a_g, [builder.mul(lda_v, ir.Constant(i64, r))]) for r in range(MR)]
             for par in range(2):
@@ -688,32 +677,71 @@ def _microkernel_grouped_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs,
                     builder.store(ir.Constant(v16i32, None), zaccs[par][r])
 
             def quad_step(q, parity):
-                wv = builder.load(builder.bitcast(builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))]),
-                                                  v64i8.as_pointer()), align=1)
+                q64 = builder.mul(q, ir.Constant(i64, 64))
+                wv = [builder.load(builder.bitcast(builder.gep(wb, [q64]), v64i8.as_pointer()), align=1) for wb in w_bases]
                 q4 = builder.shl(q, ir.Constant(i64, 2))
                 for r in range(MR):
                     quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
                     b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
-                    acc = zaccs[parity][r]
-                    builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wv]), acc)
+                    for p in range(panels):
+                        acc = zaccs[parity if panels == 1 else p][r]
+                        builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wv[p]]), acc)
 
             _two_quads_per_step(builder, kq, quad_step)
-            c_off = builder.mul(builder.add(builder.mul(g, np_v), j_v), ir.Constant(i64, NR))
-            cv = builder.load(builder.bitcast(builder.gep(corr_p, [c_off]), v16i32.as_pointer()), align=4)
             sv = _splat(builder, builder.load(builder.gep(sc_p, [g])), 16)
-            for r in range(MR):
-                z = builder.sub(builder.add(builder.load(zaccs[0][r]), builder.load(zaccs[1][r])), cv)
-                builder.store(builder.call(fma, [builder.sitofp(z, v16f64), sv, builder.load(ys[r])]), ys[r])
-        ws_v = builder.load(builder.bitcast(ptr(11, f32), v16f32.as_pointer()), align=4)
-        bs_v = builder.load(builder.bitcast(ptr(12, f32), v16f32.as_pointer()), align=4)
+            for p in range(panels):
+                c_off = builder.mul(builder.add(builder.add(builder.mul(g, np_v), j_v), ir.Constant(i64, p)),
+                                    ir.Constant(i64, NR))
+                cv = builder.load(builder.bitcast(builder.gep(corr_p, [c_off]), v16i32.as_pointer()), align=4)
+                for r in range(MR):
+                    z = builder.load(zaccs[p][r]) if panels == 2 else builder.add(builder.load(zaccs[0][r]),
+                                                                                   builder.load(zaccs[1][r]))
+                    y = ys[p][r]
+                    builder.store(builder.call(fma, [builder.sitofp(builder.sub(z, cv), v16f64), sv, builder.load(y)]), y)
         d_base = builder.gep(ptr(13, f32), [args[14]])
-        for r in range(MR):  # float32 multiply then add, each rounded once (as _finish_rows)
-            f = builder.fadd(builder.fmul(builder.fptrunc(builder.load(ys[r]), v16f32), ws_v), bs_v)
-            row = builder.gep(d_base, [builder.mul(args[15], ir.Constant(i64, r))])
-            builder.store(f, builder.bitcast(row, v16f32.as_pointer()), align=4)
+        for p in range(panels):
+            col = ir.Constant(i64, NR * p)
+            ws_v = builder.load(builder.bitcast(builder.gep(ptr(11, f32), [col]), v16f32.as_pointer()), align=4)
+            bs_v = builder.load(builder.bitcast(builder.gep(ptr(12, f32), [col]), v16f32.as_pointer()), align=4)
+            for r in range(MR):  # float32 multiply then add, each rounded once (as _finish_rows)
+                f = builder.fadd(builder.fmul(builder.fptrunc(builder.load(ys[p][r]), v16f32), ws_v), bs_v)
+                row = builder.gep(d_base, [builder.add(builder.mul(args[15], ir.Constant(i64, r)), col)])
+                builder.store(f, builder.bitcast(row, v16f32.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+def _grouped_sig(a8, wq, woff, kqs, aoff, corr, scales, ws, bs, dst):
+    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+            and all(_is_flat(t, types.int64) for t in (woff, kqs, aoff)) and _is_flat(scales, types.float64)
+            and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
+        return None
+    ip = types.intp
+    return types.void(a8, ip, ip, wq, woff, ip, kqs, aoff, corr, ip, scales, ws, bs, dst, ip, ip)
+
+
+@intrinsic
+def _microkernel_grouped_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs, aoff, corr, np_, scales, ws, bs, dst,
+                                    d_off, ldd):
+    """A whole PEG tile in one call, for quad panels without fixes on vnni512: for each group g in order,
+    acc_g = sum over its kqs[g] k-quads of a8[r, aoff[g] + k] * panel j of the group (at woff[g] + j *
+    kqs[g] * 64) minus corr[(g * np_ + j) * 16 + c], then y = fma(float64(acc_g), scales[g], y) from y =
+    0.0; finally dst[d_off + r*ldd + c] = float32(y) * ws[c] + bs[c]. The same operations in the same
+    order as the first / scaled / finish kernels (bit-identical), but the float64 sums stay in
+    registers across the groups instead of a [4, 16] float64 tile stored and reloaded per group, and
+    one call replaces G (a PEG group of 64 dims is only 16 k-quads). int64 woff, kqs, aoff [G]; float64
+    scales [G]; float32 ws, bs [16]."""
+    sig = _grouped_sig(a8, wq, woff, kqs, aoff, corr, scales, ws, bs, dst)
+    return None if sig is None else (sig, _grouped_vnni512_codegen(1))
+
+
+@intrinsic
+def _microkernel_grouped2_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs, aoff, corr, np_, scales, ws, bs, dst,
+                                     d_off, ldd):
+    """_microkernel_grouped_vnni512_ir over panels j and j+1 as one 4 x 32 tile (ws, bs float32 [32])."""
+    sig = _grouped_sig(a8, wq, woff, kqs, aoff, corr, scales, ws, bs, dst)
+    return None if sig is None else (sig, _grouped_vnni512_codegen(2))
 
 
 _NO_FIX = np.zeros(0, dtype=np.int64)

@@ -48,7 +48,7 @@ from numba.extending import overload
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_grouped_vnni512_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir,
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_grouped2_vnni512_ir, _microkernel_grouped_vnni512_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir,
                                   _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, ACT_NONE, activation, activation_into, epilogue, row_scales
 
@@ -612,15 +612,60 @@ GROUPED_IN_REGISTERS = QUAD_ISA == "vnni512"
 
 
 @njit
-def _no_fixes(fix_start, j):
-    """Whether panel j has no fixes in any group (fix_start int64 [G, NP+1])."""
+def _no_fixes(fix_start, j0, j1):
+    """Whether panels j0..j1-1 have no fixes in any group (fix_start int64 [G, NP+1])."""
     for g in range(fix_start.shape[0]):
-        if fix_start[g, j] != fix_start[g, j + 1]:
+        if fix_start[g, j0] != fix_start[g, j1]:
             return False
     return True
 
 
 @jit(parallel=True)
+def _grouped_vnni512_panels(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
+                            has_w_scale, bias, has_bias, out_flat):
+    """_gemm_grouped_quads_core on vnni512: panels in pairs, each pair's whole row tiles as 4 x 32 tiles
+    with every group in one call (_microkernel_grouped2_vnni512_ir), other tiles one panel at a time
+    (_microkernel_grouped_vnni512_ir, edges through a [4, 16] tile); panels with fixes (AVX2-style
+    packing) through the per-group kernels. Bit-identical to those."""
+    NP = (n + NR - 1) // NR
+    for jj in prange((NP + 1) // 2):
+        yf = np.empty(MR * NR, dtype=np.float32)
+        ya = np.empty(MR * NR, dtype=np.float64)
+        yb = np.empty(MR * NR, dtype=np.float64)
+        j = 2 * jj
+        mfull = m - m % MR
+        if j + 1 < NP and (j + 2) * NR <= n and _no_fixes(fix_start, j, j + 2):
+            ws = np.ones(2 * NR, dtype=np.float32)
+            bs = np.full(2 * NR, -0.0, dtype=np.float32)
+            if has_w_scale:
+                ws[:] = w_scale[j * NR:(j + 2) * NR]
+            if has_bias:
+                bs[:] = bias[j * NR:(j + 2) * NR]
+            for i0 in range(0, mfull, MR):
+                _microkernel_grouped2_vnni512_ir(a8, i0 * lda, lda, wq, woff, j, kqs, aoff, corr, NP, scales, ws, bs,
+                                                 out_flat, i0 * n + j * NR, n)
+            first_row = mfull  # the pair's last rows: panel by panel below
+        else:
+            first_row = 0
+        for jp in range(j, min(j + 2, NP)):
+            n0 = jp * NR
+            nn = min(NR, n - n0)
+            ws1, bs1 = _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn)
+            if not _no_fixes(fix_start, jp, jp + 1):
+                _grouped_quads_panel(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales,
+                                     ws1, bs1, out_flat, jp, ya, yb, yf)
+                continue
+            for i0 in range(first_row, m, MR):
+                if m - i0 >= MR and nn == NR:
+                    _microkernel_grouped_vnni512_ir(a8, i0 * lda, lda, wq, woff, jp, kqs, aoff, corr, NP, scales, ws1, bs1,
+                                                    out_flat, i0 * n + n0, n)
+                else:
+                    _microkernel_grouped_vnni512_ir(a8, i0 * lda, lda, wq, woff, jp, kqs, aoff, corr, NP, scales, ws1, bs1,
+                                                    yf, 0, NR)
+                    _store_edge(yf, min(MR, m - i0), nn, out_flat, i0 * n + n0, n)
+
+
+@njit
 def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
                              has_w_scale, bias, has_bias, out_flat):
     """_gemm_grouped_core on quad panels: acc_g = sum_{k in g} a8 safe_g + group g's fixes - corr[g],
@@ -630,8 +675,19 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
     are independent, so one tile's k loop runs while the other's sum waits on its accumulators
     (bench/bench_grouped.py times it). Same float64 sum, rounding and store as the pairs core: the
     two are bit-identical.   # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]"""
+    if GROUPED_IN_REGISTERS:
+        _grouped_vnni512_panels(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
+                                has_w_scale, bias, has_bias, out_flat)
+    else:
+        _grouped_quads_panels(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
+                              has_w_scale, bias, has_bias, out_flat)
+
+
+@jit(parallel=True)
+def _grouped_quads_panels(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, w_scale,
+                          has_w_scale, bias, has_bias, out_flat):
+    """_gemm_grouped_quads_core panel by panel, group by group (the per-group kernels)."""
     NP = (n + NR - 1) // NR
-    G = kqs.shape[0]
     for j in prange(NP):
         ya = np.empty(MR * NR, dtype=np.float64)
         yb = np.empty(MR * NR, dtype=np.float64)
@@ -639,54 +695,57 @@ def _gemm_grouped_quads_core(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, f
         n0 = j * NR
         nn = min(NR, n - n0)
         ws, bs = _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn)
-        if GROUPED_IN_REGISTERS and _no_fixes(fix_start, j):  # every group's tile in one call, sums in registers
-            for i0 in range(0, m, MR):
-                if m - i0 >= MR and nn == NR:
-                    _microkernel_grouped_vnni512_ir(a8, i0 * lda, lda, wq, woff, j, kqs, aoff, corr, NP, scales, ws, bs,
-                                                    out_flat, i0 * n + n0, n)
-                else:
-                    _microkernel_grouped_vnni512_ir(a8, i0 * lda, lda, wq, woff, j, kqs, aoff, corr, NP, scales, ws, bs,
-                                                    yf, 0, NR)
-                    _store_edge(yf, min(MR, m - i0), nn, out_flat, i0 * n + n0, n)
-            continue
-        for i0 in range(0, m, 2 * MR):
-            i1 = i0 + MR
-            two = i1 < m
-            if G == 1:  # the finish adds onto ya / yb: zeros (with more groups the first group writes them)
-                for t in range(MR * NR):
-                    ya[t] = 0.0
-                    yb[t] = 0.0
-            for g in range(G - 1):
-                w_off = woff[g] + j * kqs[g] * 4 * NR
-                c_off = (g * NP + j) * NR
-                f0, f1 = fix_start[g, j], fix_start[g, j + 1]
-                if g == 0:  # onto zero: the same fma, without reading or zeroing ya / yb
-                    _microkernel_quads_first_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
-                                                fix_v, f0, f1, ya, scales[g])
-                    if two:
-                        _microkernel_quads_first_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c,
-                                                    fix_k, fix_v, f0, f1, yb, scales[g])
-                    continue
-                _microkernel_quads_scaled_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
-                                             fix_v, f0, f1, ya, scales[g])
-                if two:
-                    _microkernel_quads_scaled_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
-                                                 fix_v, f0, f1, yb, scales[g])
-            g = G - 1
+        _grouped_quads_panel(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, ws, bs,
+                             out_flat, j, ya, yb, yf)
+
+
+@njit
+def _grouped_quads_panel(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fix_c, fix_k, fix_v, n, scales, ws, bs,
+                         out_flat, j, ya, yb, yf):
+    """Panel j of the grouped quad GEMM through the per-group kernels: two row tiles go through each
+    group back to back (ya, yb float64 [64]; edges through yf); ws, bs: the panel's float32 [16]."""
+    NP = (n + NR - 1) // NR
+    G = kqs.shape[0]
+    n0 = j * NR
+    nn = min(NR, n - n0)
+    for i0 in range(0, m, 2 * MR):
+        i1 = i0 + MR
+        two = i1 < m
+        if G == 1:  # the finish adds onto ya / yb: zeros (with more groups the first group writes them)
+            for t in range(MR * NR):
+                ya[t] = 0.0
+                yb[t] = 0.0
+        for g in range(G - 1):
             w_off = woff[g] + j * kqs[g] * 4 * NR
             c_off = (g * NP + j) * NR
             f0, f1 = fix_start[g, j], fix_start[g, j + 1]
-            if m - i1 >= MR and nn == NR:  # both tiles whole: straight into out (the common case)
-                _microkernel_quads_finish_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
-                                             fix_v, f0, f1, ya, scales[g], ws, bs, out_flat, i0 * n + n0, n)
-                _microkernel_quads_finish_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
-                                             fix_v, f0, f1, yb, scales[g], ws, bs, out_flat, i1 * n + n0, n)
+            if g == 0:  # onto zero: the same fma, without reading or zeroing ya / yb
+                _microkernel_quads_first_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                            fix_v, f0, f1, ya, scales[g])
+                if two:
+                    _microkernel_quads_first_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c,
+                                                fix_k, fix_v, f0, f1, yb, scales[g])
                 continue
-            for half in range(2 if two else 1):  # an edge: each tile through yf, its real rows and columns copied
-                it = i0 + half * MR
-                _microkernel_quads_finish_ir(a8, it * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
-                                             fix_v, f0, f1, ya if half == 0 else yb, scales[g], ws, bs, yf, 0, NR)
-                _store_edge(yf, min(MR, m - it), nn, out_flat, it * n + n0, n)
+            _microkernel_quads_scaled_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                         fix_v, f0, f1, ya, scales[g])
+            if two:
+                _microkernel_quads_scaled_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                             fix_v, f0, f1, yb, scales[g])
+        g = G - 1
+        w_off = woff[g] + j * kqs[g] * 4 * NR
+        c_off = (g * NP + j) * NR
+        f0, f1 = fix_start[g, j], fix_start[g, j + 1]
+        if m - i1 >= MR and nn == NR:  # both tiles whole: straight into out (the common case)
+            _microkernel_quads_finish_ir(a8, i0 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                         fix_v, f0, f1, ya, scales[g], ws, bs, out_flat, i0 * n + n0, n)
+            _microkernel_quads_finish_ir(a8, i1 * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                         fix_v, f0, f1, yb, scales[g], ws, bs, out_flat, i1 * n + n0, n)
+            continue
+        for half in range(2 if two else 1):  # an edge: each tile through yf, its real rows and columns copied
+            it = i0 + half * MR
+            _microkernel_quads_finish_ir(a8, it * lda + aoff[g], lda, wq, w_off, kqs[g], corr, c_off, fix_c, fix_k,
+                                         fix_v, f0, f1, ya if half == 0 else yb, scales[g], ws, bs, yf, 0, NR)
+            _store_edge(yf, min(MR, m - it), nn, out_flat, it * n + n0, n)
 
 
 @jit(parallel=True)

@@ -679,6 +679,28 @@ def test_gemm_grouped_at_the_fma_bound(layout, wide):
 
 
 @needs_u8s7
+@pytest.mark.skipif(not HAVE_U8S7, reason="quad panels need an AVX2 CPU")
+def test_grouped_quads_mix_panels_with_and_without_fixes(split_pairs):
+    """Panels with fixes next to panels without: on vnni512 whole fix-free panel pairs run as 4 x 32
+    tiles with every group in one call, a pair holding fixes falls back panel by panel, and an odd
+    last panel and the last rows take the edge tiles; every float output equals the reference's bits."""
+    rng = _rng(17)
+    w = _i7(rng, (72, 150))  # five panels, the last one 8 columns wide
+    w[16:32, 10:14] = 120  # same-sign pairs in panel 1 only: fixes there
+    pw = pack_int8_weight(w, "quads")
+    starts = pw.fixes[0]
+    assert starts[2] > starts[1] and starts[1] == starts[0] and starts[5] == starts[2]
+    bounds, zps = np.array([0, 64, 100, 150]), np.array([0, 17, 255])
+    scales = np.array([0.25, 1 / 3, 3.0], np.float32)
+    ws, bias = rng.random(72).astype(np.float32), rng.standard_normal(72).astype(np.float32)
+    for m in (1, 4, 13):
+        a = _u8(rng, (m, 150))
+        ref = R.gemm_grouped_ref(a, bounds, zps, scales, w)
+        _eq(gemm_grouped(a, bounds, zps, scales, pw).view(np.int32), ref.view(np.int32))
+        got = gemm_grouped(a, bounds, zps, scales, pw, w_scale=ws, bias=bias)
+        _eq(got.view(np.int32), (ref * ws + bias).view(np.int32))
+
+
 def test_quads_weight_unpacking_leaves_the_panels_alone(split_pairs):
     """.w adds the fixes to a copy: with one k-quad (K = 4) the unpacked array would otherwise be a view
     of the panels. Reading it twice, then the GEMM, still gives the original weight and exact sums."""
