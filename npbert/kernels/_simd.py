@@ -393,8 +393,7 @@ def _quad_sums_vnni512(builder, rows, w_base, nq_v):
     Returns the eight <8 x i32> accumulator allocas (row r, half h at 2r + h)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v64i8, v16i32, v8i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
-    vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]),
-                                              "llvm.x86.avx512.vpdpbusd.512")
+    vpdpbusd = _vnni_dot(builder, 16)
     zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(MR)] for _ in range(2)]
 
     def quad_step(q, parity):
@@ -405,7 +404,7 @@ def _quad_sums_vnni512(builder, rows, w_base, nq_v):
             quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
             b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
             acc = zaccs[parity][r]
-            builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wq]), acc)
+            builder.store(vpdpbusd(builder.load(acc), b8, wq), acc)
 
     _two_quads_per_step(builder, nq_v, quad_step)
     accs = []
@@ -425,9 +424,7 @@ def _quad_sums_avx2(builder, rows, w_base, nq_v):
     i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
     if QUAD_ISA == "vnni256":
-        vpdpbusd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v8i32, v32i8, v32i8]),
-                                                  "llvm.x86.avx512.vpdpbusd.256")
-        dot = lambda acc, b8, w: builder.call(vpdpbusd, [acc, b8, w])  # noqa: E731
+        dot = _vnni_dot(builder, 8)
     else:
         pmaddubsw = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
         pmaddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
@@ -449,6 +446,20 @@ def _quad_sums_avx2(builder, rows, w_base, nq_v):
 
     _two_quads_per_step(builder, nq_v, quad_step)
     return accs
+
+
+def _vnni_dot(builder, lanes: int):
+    """vpdpbusd on <lanes x i32> (8: ymm, 16: zmm) as a function (acc, a bytes uint8, w bytes int8) ->
+    acc + the four-product sums per lane. LLVM 22 declares the intrinsic on byte vectors; earlier
+    releases on <lanes x i32> (the same bits: the operands are bitcast)."""
+    from llvmlite import binding
+
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    vi32, vi8 = ir.VectorType(i32, lanes), ir.VectorType(i8, 4 * lanes)
+    opnd = vi8 if binding.llvm_version_info[0] >= 22 else vi32
+    name = "llvm.x86.avx512.vpdpbusd.%d" % (32 * lanes)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi32, [vi32, opnd, opnd]), name)
+    return lambda acc, a, w: builder.call(fn, [acc, builder.bitcast(a, opnd), builder.bitcast(w, opnd)])
 
 
 def _two_quads_per_step(builder, nq_v, quad_step):
@@ -585,8 +596,7 @@ def _two_panel_sums_vnni512(context, builder, signature, args):
     sixteen <8 x i32> tiles minus the corrections, panel p's (row r, half h) at 8p + 2r + h."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v64i8, v16i32, v8i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
-    vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]),
-                                              "llvm.x86.avx512.vpdpbusd.512")
+    vpdpbusd = _vnni_dot(builder, 16)
     arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
     a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [args[1]])
     w_data = builder.bitcast(arr(3).data, i8.as_pointer())
@@ -603,7 +613,7 @@ def _two_panel_sums_vnni512(context, builder, signature, args):
             b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
             for p in range(2):
                 acc = zaccs[p][r]
-                builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wq[p]]), acc)
+                builder.store(vpdpbusd(builder.load(acc), b8, wq[p]), acc)
 
     _two_quads_per_step(builder, args[6], quad_step)
     c_base = builder.gep(builder.bitcast(arr(7).data, i32.as_pointer()), [args[8]])
@@ -625,10 +635,11 @@ def _microkernel_quads2_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, w_off2,
     """Two adjacent quad panels (w_off, w_off2) without fixes as one 4 x 32 tile, dequantized as
     _microkernel_quads_dequant_ir: dst[d_off + r*ldd + c] = float32(float64(tile[r, c]) * rs[rs_off + r])
     * ws[c] + bs[c] for c < 32 (ws, bs float32 [32]: the two panels' W scales and biases). vnni512 only."""
-    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+    if QUAD_ISA != "vnni512" or not (
+            _is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
             and _is_flat(rs, types.float64) and _is_flat(ws, types.float32) and _is_flat(bs, types.float32)
             and _is_flat(dst, types.float32)):
-        return None
+        return None  # (vnni512 only: elsewhere LLVM could not select the instruction)
     ip = types.intp
     sig = types.void(a8, ip, ip, wq, ip, ip, ip, corr, ip, rs, ip, ws, bs, dst, ip, ip)
 
@@ -650,8 +661,7 @@ def _grouped_vnni512_codegen(panels: int):
         v64i8, v16i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16)
         v16f64, v16f32 = ir.VectorType(f64, 16), ir.VectorType(f32, 16)
         mod = builder.module
-        vpdpbusd = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]),
-                                                  "llvm.x86.avx512.vpdpbusd.512")
+        vpdpbusd = _vnni_dot(builder, 16)
         fma = cgutils.get_or_insert_function(mod, ir.FunctionType(v16f64, [v16f64] * 3), "llvm.fma.v16f64")
         arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
         ptr = lambda k, t: builder.bitcast(arr(k).data, t.as_pointer())  # noqa: E731
@@ -685,7 +695,7 @@ def _grouped_vnni512_codegen(panels: int):
                     b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
                     for p in range(panels):
                         acc = zaccs[parity if panels == 1 else p][r]
-                        builder.store(builder.call(vpdpbusd, [builder.load(acc), b8, wv[p]]), acc)
+                        builder.store(vpdpbusd(builder.load(acc), b8, wv[p]), acc)
 
             _two_quads_per_step(builder, kq, quad_step)
             sv = _splat(builder, builder.load(builder.gep(sc_p, [g])), 16)
@@ -713,7 +723,8 @@ def _grouped_vnni512_codegen(panels: int):
 
 
 def _grouped_sig(a8, wq, woff, kqs, aoff, corr, scales, ws, bs, dst):
-    if not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+    """The grouped vnni512 kernels' signature, or None (no such kernel off vnni512, or wrong types)."""
+    if QUAD_ISA != "vnni512" or not (_is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
             and all(_is_flat(t, types.int64) for t in (woff, kqs, aoff)) and _is_flat(scales, types.float64)
             and _is_flat(ws, types.float32) and _is_flat(bs, types.float32) and _is_flat(dst, types.float32)):
         return None

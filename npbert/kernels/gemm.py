@@ -43,6 +43,7 @@ import threading
 
 import numpy as np
 from numba import prange, types
+from numba.core.errors import TypingError
 from numba.extending import overload
 
 from npbert._jit import jit, njit
@@ -422,14 +423,18 @@ def _gemm_core(a16, lda, m, wp, kp, n, kblock, out, out_flat):
         _panel_rows(a16, lda, m, wp, kp, j, n, kblock, out, out_flat, tile)
 
 
-def _signed_codes(a):  # pragma: no cover - replaced by its overload in compiled code
-    raise NotImplementedError
+def _signed_codes(a) -> bool:
+    """Whether a holds int8 codes (True) or uint8 ones (False); a compile-time constant in numba."""
+    if a.dtype not in (np.int8, np.uint8):
+        raise QuantError(f"8-bit codes needed, got {a.dtype}")
+    return a.dtype == np.int8
 
 
 @overload(_signed_codes)
 def _signed_codes_ov(a):
-    """Whether a's elements are signed integers, as a compile-time constant."""
-    signed = isinstance(a.dtype, types.Integer) and a.dtype.signed
+    if not (isinstance(a, types.Array) and a.dtype in (types.int8, types.uint8)):
+        raise TypingError(f"_signed_codes: an int8 or uint8 array, got {a}")
+    signed = a.dtype == types.int8
     return lambda a: signed
 
 
@@ -781,7 +786,8 @@ def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v
                     out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
 
 
-# vnni512: the dequantizing GEMM runs pairs of whole panels as 4 x 32 tiles (_microkernel_quads2_dequant_ir)
+# vnni512: the dequantizing GEMM runs pairs of whole panels as 4 x 32 tiles (_microkernel_quads2_dequant_ir).
+# Like BGEMM_QUADS and GROUPED_IN_REGISTERS, compiled in as a constant: setting it later changes nothing.
 TWO_PANELS = QUAD_ISA == "vnni512"
 
 
@@ -804,20 +810,42 @@ def _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, 
         _store_edge(yf, mm, nn, out_flat, i0 * n + n0, n)
 
 
-@jit(parallel=True)
+@njit
 def _gemm_quads_dequant_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
                              out_flat):
     """out[m, n] = float32(float64(acc[m, n]) * rs[m]) * w_scale[n] + bias[n], acc = _gemm_quads_core's
     int32 result, dequantized in the micro-kernel's registers: the int32 [M, N] never reaches memory.
     rs float64 [mpad] (rows past m: 0).   # a8 uint8 [mpad*lda] -> out_flat float32 [m*n]
-    On vnni512 (TWO_PANELS) panels go in pairs: two whole panels without fixes run as 4 x 32 tiles
-    (the same sums, stored by the same rounding steps), anything else panel by panel."""
+    On vnni512 (TWO_PANELS) panels go in pairs (_dequant_panel_pairs), else one by one."""
+    if TWO_PANELS:  # (a constant: numba prunes the other branch before typing it)
+        _dequant_panel_pairs(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
+                             out_flat)
+    else:
+        _dequant_panels(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
+                        out_flat)
+
+
+@jit(parallel=True)
+def _dequant_panels(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias, out_flat):
+    """_gemm_quads_dequant_core panel by panel."""
     NP = (n + NR - 1) // NR
-    step = 2 if TWO_PANELS else 1
-    for jj in prange((NP + step - 1) // step):
+    for j in prange(NP):
         yf = np.empty(MR * NR, dtype=np.float32)
-        j = jj * step
-        if step == 2 and j + 1 < NP and (j + 2) * NR <= n and fix_start[j] == fix_start[j + 2]:
+        _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
+                       out_flat, j, yf)
+
+
+@jit(parallel=True)
+def _dequant_panel_pairs(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
+                         out_flat):
+    """_gemm_quads_dequant_core on vnni512: two whole panels without fixes run as 4 x 32 tiles (the same
+    sums, stored by the same rounding steps); their last rows, an odd last panel and panels with fixes
+    panel by panel."""
+    NP = (n + NR - 1) // NR
+    for jj in prange((NP + 1) // 2):
+        yf = np.empty(MR * NR, dtype=np.float32)
+        j = 2 * jj
+        if j + 1 < NP and (j + 2) * NR <= n and fix_start[j] == fix_start[j + 2]:
             n0 = j * NR
             ws = np.empty(2 * NR, dtype=np.float32)
             bs = np.full(2 * NR, -0.0, dtype=np.float32)  # (x + -0.0 == x: no bias)
@@ -835,7 +863,7 @@ def _gemm_quads_dequant_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_
                                                   fix_c, fix_k, fix_v, 0, 0, rs, mfull, wsp, bsp, yf, 0, NR)
                     _store_edge(yf, m - mfull, NR, out_flat, mfull * n + jp * NR, n)
             continue
-        for jp in range(j, min(j + step, NP)):
+        for jp in range(j, min(j + 2, NP)):
             _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
                            out_flat, jp, yf)
 

@@ -679,7 +679,6 @@ def test_gemm_grouped_at_the_fma_bound(layout, wide):
 
 
 @needs_u8s7
-@pytest.mark.skipif(not HAVE_U8S7, reason="quad panels need an AVX2 CPU")
 def test_grouped_quads_mix_panels_with_and_without_fixes(split_pairs):
     """Panels with fixes next to panels without: on vnni512 whole fix-free panel pairs run as 4 x 32
     tiles with every group in one call, a pair holding fixes falls back panel by panel, and an odd
@@ -699,8 +698,30 @@ def test_grouped_quads_mix_panels_with_and_without_fixes(split_pairs):
         _eq(gemm_grouped(a, bounds, zps, scales, pw).view(np.int32), ref.view(np.int32))
         got = gemm_grouped(a, bounds, zps, scales, pw, w_scale=ws, bias=bias)
         _eq(got.view(np.int32), (ref * ws + bias).view(np.int32))
+        _eq(gemm_grouped(a, bounds, zps, scales, pw, w_scale=ws).view(np.int32), (ref * ws).view(np.int32))
+        _eq(gemm_grouped(a, bounds, zps, scales, pw, bias=bias).view(np.int32), (ref + bias).view(np.int32))
 
 
+@needs_u8s7
+def test_quads_without_fixes_at_the_k_bounds():
+    """The default packing (on VNNI: full-range 8-bit weights as quads, no fixes) at K_MAX_S8S8 and
+    K_MAX_U8S8, where the uint8 + 128 operands' int32 terms wrap: the sums are still exact, for the
+    linear GEMM and for the batched attention GEMM (quad panels packed per call on VNNI)."""
+    K = G.K_MAX_S8S8
+    we = np.full((2, K), -128, np.int8)
+    ae = np.full((4, K), 127, np.int8)
+    _eq(gemm_s8s8(ae, pack_int8_weight(we)), R.gemm_s8s8_ref(ae, we))
+    _eq(bgemm_s8s8(ae[None], we[None]), R.gemm_s8s8_ref(ae, we)[None])
+    _eq(bgemm_s8s8(-ae[None], we[None]), R.gemm_s8s8_ref(-ae, we)[None])
+    K = G.K_MAX_U8S8
+    we = np.full((3, K), -128, np.int8)
+    au = np.full((2, K), 255, np.uint8)
+    _eq(gemm_u8s8(au, 0, pack_int8_weight(we)), R.gemm_u8s8_ref(au, 0, we))
+    _eq(bgemm_u8s8(au[None], 0, we[None]), R.gemm_u8s8_ref(au, 0, we)[None])
+    _eq(bgemm_u8s8(au[None], 0, np.ascontiguousarray(we.T)[None], b_kn=True), R.gemm_u8s8_ref(au, 0, we)[None])
+
+
+@needs_u8s7
 def test_quads_weight_unpacking_leaves_the_panels_alone(split_pairs):
     """.w adds the fixes to a copy: with one k-quad (K = 4) the unpacked array would otherwise be a view
     of the panels. Reading it twice, then the GEMM, still gives the original weight and exact sums."""
