@@ -565,7 +565,7 @@ def _store_dequant(context, builder, signature, args, accs, k, col0=0):
     v8f64 = ir.VectorType(f64, 8)
     rs_arr = context.make_array(signature.args[k])(context, builder, args[k])
     rs_base = builder.gep(builder.bitcast(rs_arr.data, f64.as_pointer()), [args[k + 1]])
-    rsv = [_splat8(builder, builder.load(builder.gep(rs_base, [ir.Constant(i64, r)]))) for r in range(MR)]
+    rsv = [_splat8(builder, builder.load(builder.gep(rs_base, [ir.Constant(i64, r)]))) for r in range(len(accs) // 2)]
     vals = [builder.fmul(builder.sitofp(acc, v8f64), rsv[i // 2]) for i, acc in enumerate(accs)]
     _finish_rows(context, builder, signature, args, vals, k + 2, col0)
 
@@ -588,7 +588,7 @@ def _microkernel_quads_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, nquads, 
     return sig, codegen
 
 
-def _two_panel_sums_vnni512(context, builder, signature, args):
+def _two_panel_sums_vnni512(context, builder, signature, args, nrows=MR):
     """The k-quad loop over two adjacent panels at once (a8, a_off, lda, wq, w_off, w_off2, nquads, corr,
     c_off = args[0:9]): a 4 x 32 tile in eight zmm accumulators, each row's 4-byte broadcast shared by
     both panels, so a k-quad costs 6 loads for 8 vpdpbusd where one panel costs 5 for 4 (the loads
@@ -601,14 +601,14 @@ def _two_panel_sums_vnni512(context, builder, signature, args):
     a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [args[1]])
     w_data = builder.bitcast(arr(3).data, i8.as_pointer())
     w_bases = [builder.gep(w_data, [args[4]]), builder.gep(w_data, [args[5]])]
-    rows = [builder.gep(a_base, [builder.mul(args[2], ir.Constant(i64, r))]) for r in range(MR)]
-    zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(MR)] for _ in range(2)]
+    rows = [builder.gep(a_base, [builder.mul(args[2], ir.Constant(i64, r))]) for r in range(nrows)]
+    zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(nrows)] for _ in range(2)]
 
     def quad_step(q, _parity):
         q64 = builder.mul(q, ir.Constant(i64, 64))
         wq = [builder.load(builder.bitcast(builder.gep(wb, [q64]), v64i8.as_pointer()), align=1) for wb in w_bases]
         q4 = builder.shl(q, ir.Constant(i64, 2))
-        for r in range(MR):
+        for r in range(nrows):
             quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
             b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
             for p in range(2):
@@ -622,11 +622,23 @@ def _two_panel_sums_vnni512(context, builder, signature, args):
     lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
     tiles = []
     for p in range(2):
-        for r in range(MR):
+        for r in range(nrows):
             z = builder.load(zaccs[p][r])
             for h in range(2):
                 tiles.append(builder.sub(builder.shuffle_vector(z, z, lanes[h]), cv[2 * p + h]))
     return tiles
+
+
+def _quads2_typer(a8, wq, corr, rs, ws, bs, dst):
+    """The two-panel dequantizing kernels' signature, or None (vnni512 only: elsewhere LLVM could not
+    select the instruction; or wrong types)."""
+    if QUAD_ISA != "vnni512" or not (
+            _is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
+            and _is_flat(rs, types.float64) and _is_flat(ws, types.float32) and _is_flat(bs, types.float32)
+            and _is_flat(dst, types.float32)):
+        return None
+    ip = types.intp
+    return types.void(a8, ip, ip, wq, ip, ip, ip, corr, ip, rs, ip, ws, bs, dst, ip, ip)
 
 
 @intrinsic
@@ -635,13 +647,9 @@ def _microkernel_quads2_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, w_off2,
     """Two adjacent quad panels (w_off, w_off2) without fixes as one 4 x 32 tile, dequantized as
     _microkernel_quads_dequant_ir: dst[d_off + r*ldd + c] = float32(float64(tile[r, c]) * rs[rs_off + r])
     * ws[c] + bs[c] for c < 32 (ws, bs float32 [32]: the two panels' W scales and biases). vnni512 only."""
-    if QUAD_ISA != "vnni512" or not (
-            _is_flat(a8, types.uint8) and _is_flat(wq, types.int8) and _is_flat(corr, types.int32)
-            and _is_flat(rs, types.float64) and _is_flat(ws, types.float32) and _is_flat(bs, types.float32)
-            and _is_flat(dst, types.float32)):
-        return None  # (vnni512 only: elsewhere LLVM could not select the instruction)
-    ip = types.intp
-    sig = types.void(a8, ip, ip, wq, ip, ip, ip, corr, ip, rs, ip, ws, bs, dst, ip, ip)
+    sig = _quads2_typer(a8, wq, corr, rs, ws, bs, dst)
+    if sig is None:
+        return None
 
     def codegen(context, builder, signature, args):
         tiles = _two_panel_sums_vnni512(context, builder, signature, args)
@@ -753,6 +761,24 @@ def _microkernel_grouped2_vnni512_ir(typingctx, a8, a_off, lda, wq, woff, j, kqs
     """_microkernel_grouped_vnni512_ir over panels j and j+1 as one 4 x 32 tile (ws, bs float32 [32])."""
     sig = _grouped_sig(a8, wq, woff, kqs, aoff, corr, scales, ws, bs, dst)
     return None if sig is None else (sig, _grouped_vnni512_codegen(2))
+
+
+@intrinsic
+def _microkernel_quads2x8_dequant_ir(typingctx, a8, a_off, lda, wq, w_off, w_off2, nquads, corr, c_off, rs, rs_off, ws,
+                                     bs, dst, d_off, ldd):
+    """_microkernel_quads2_dequant_ir over 8 rows (two row tiles): an 8 x 32 tile in sixteen zmm
+    accumulators, each k-quad 10 loads for 16 vpdpbusd (the 4-row kernel: 6 for 8). vnni512 only."""
+    sig = _quads2_typer(a8, wq, corr, rs, ws, bs, dst)
+    if sig is None:
+        return None
+
+    def codegen(context, builder, signature, args):
+        tiles = _two_panel_sums_vnni512(context, builder, signature, args, 2 * MR)
+        for p in range(2):
+            _store_dequant(context, builder, signature, args, tiles[16 * p: 16 * p + 16], 9, 16 * p)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 _NO_FIX = np.zeros(0, dtype=np.int64)

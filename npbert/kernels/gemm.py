@@ -49,7 +49,7 @@ from numba.extending import overload
 from npbert._jit import jit, njit
 from npbert.errors import InputError, QuantError
 from npbert.kernels import _checks as C
-from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_grouped2_vnni512_ir, _microkernel_grouped_vnni512_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir,
+from npbert.kernels._simd import (_NO_FIX, HAVE_U8S7, MR, NR, QUAD_ISA, _microkernel_finish_ir, _microkernel_grouped2_vnni512_ir, _microkernel_grouped_vnni512_ir, _microkernel_quads_dequant_ir, _microkernel_quads2_dequant_ir, _microkernel_quads2x8_dequant_ir,
                                   _microkernel_quads_finish_ir, _microkernel_quads_first_ir, _microkernel_quads_scaled_ir, _microkernel_scaled_ir, _microkernel_u8s7_ir, microkernel)
 from npbert.kernels.fused import ACT_CODES, ACT_NONE, activation, activation_into, epilogue, row_scales
 
@@ -838,9 +838,9 @@ def _dequant_panels(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v,
 @jit(parallel=True)
 def _dequant_panel_pairs(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
                          out_flat):
-    """_gemm_quads_dequant_core on vnni512: two whole panels without fixes run as 4 x 32 tiles (the same
-    sums, stored by the same rounding steps); their last rows, an odd last panel and panels with fixes
-    panel by panel."""
+    """_gemm_quads_dequant_core on vnni512: two whole panels without fixes run as 8 x 32 tiles, then a
+    4 x 32 one (the same sums, stored by the same rounding steps); their last rows, an odd last panel
+    and panels with fixes panel by panel."""
     NP = (n + NR - 1) // NR
     for jj in prange((NP + 1) // 2):
         yf = np.empty(MR * NR, dtype=np.float32)
@@ -853,7 +853,11 @@ def _dequant_panel_pairs(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, f
             if has_bias:
                 bs[:] = bias[n0:n0 + 2 * NR]
             mfull = m - m % MR
-            for i0 in range(0, mfull, MR):
+            m8 = m - m % (2 * MR)
+            for i0 in range(0, m8, 2 * MR):  # 8 x 32 tiles, then a 4 x 32 one
+                _microkernel_quads2x8_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, (j + 1) * kq * 4 * NR, kq,
+                                                 corr, n0, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
+            for i0 in range(m8, mfull, MR):
                 _microkernel_quads2_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, (j + 1) * kq * 4 * NR, kq, corr,
                                                n0, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
             if mfull < m:  # the last rows: one panel at a time through the edge tile

@@ -244,7 +244,7 @@ if QUAD_ISA != "avx2":
     packs.append(G.pack_int8_weight(w))
     ok += [packs[1].layout == "quads", packs[1].fixes[3].size == 0]
 for pw in packs:
-    for m in (1, 4, 13):
+    for m in (1, 4, 13, 29):  # (vnni512: 8 x 32 tiles, a 4 x 32 one, edge rows)
         a = rng.integers(0, 256, (m, 203)).astype(np.uint8)
         ok.append(np.array_equal(G.gemm_u8s8(a, 131, pw), R.gemm_u8s8_ref(a, 131, w)))
         rs, ws, b = rng.random(m).astype(np.float32), rng.random(45).astype(np.float32), rng.random(45).astype(np.float32)
