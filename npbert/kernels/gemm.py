@@ -454,6 +454,27 @@ def _pack_quads(b, kq, out):
                     out[o + 4 * c + t] = b[n, k] if (n < N and k < K) else 0
 
 
+@njit
+def _pack_quads_rows(bi, kq, wq, sums):
+    """_pack_quads for rows of whole k-quads and whole panels (K % 4 == 0, N % 16 == 0: Q K^T's K codes),
+    each 4-byte quad copied as one int32 word, and sums[n] = sum_k bi[n, k] (int32).
+    # bi int8 [N, K] C-contiguous -> wq int8 [NP*kq*64]"""
+    N, K = bi.shape
+    b32 = bi.view(np.int32)  # [N, kq]: each word one k-quad of a row
+    w32 = wq.view(np.int32)  # [NP, kq, 16]
+    for j in range(N // NR):
+        for q in range(kq):
+            o = (j * kq + q) * NR
+            for c in range(NR):
+                w32[o + c] = b32[j * NR + c, q]
+    for n in range(N):
+        row = bi[n]
+        sn = np.int32(0)
+        for k in range(K):
+            sn += np.int32(row[k])
+        sums[n] = sn
+
+
 @jit(parallel=True)
 def _bgemm_quads_core(a, zp, b, b_kn, out):
     """_bgemm_core on VNNI: per batch i, b[i] packed into quad panels and a[i] as uint8 codes (int8 a
@@ -469,25 +490,33 @@ def _bgemm_quads_core(a, zp, b, b_kn, out):
     shift = -128 if _signed_codes(a) else 0  # a - shift in [0, 255]
     zp_u8 = zp - shift
     in_place = shift == 0 and lda == K and mpad == M
+    whole = not b_kn and K % 4 == 0 and N % NR == 0
     for i in prange(B):
         wq = np.empty(NP * kq * 4 * NR, dtype=np.int8)  # [NP, kq, 16, 4]
         corr = np.zeros(NP * NR, dtype=np.int32)
         tile = np.empty(MR * NR, dtype=np.int32)
-        bi = b[i].T if b_kn else b[i]  # [N, K]
-        _pack_quads(bi, kq, wq)
+        if whole:  # Q K^T at the usual shapes: word copies
+            _pack_quads_rows(b[i], kq, wq, corr)
+        else:
+            bi = b[i].T if b_kn else b[i]  # [N, K]
+            _pack_quads(bi, kq, wq)
+            for n in range(N):
+                sn = np.int32(0)
+                for k in range(K):
+                    sn += np.int32(bi[n, k])
+                corr[n] = sn
         for n in range(N):
-            sn = np.int32(0)
-            for k in range(K):
-                sn += np.int32(bi[n, k])
-            corr[n] = np.int32(zp_u8) * sn
+            corr[n] *= np.int32(zp_u8)
         ai = a[i]
         if in_place:
             a8 = ai.reshape(M * K).view(np.uint8)
         else:
             a8 = np.zeros(mpad * lda, dtype=np.uint8)  # [mpad, lda], pad rows and columns 0
             for m in range(M):
-                for k in range(K):
-                    a8[m * lda + k] = np.uint8(np.int32(ai[m, k]) - shift)
+                src = ai[m]
+                dst = a8[m * lda:m * lda + K]
+                for k in range(K):  # (slices: no wrap-around checks, so it vectorises)
+                    dst[k] = np.uint8(np.int32(src[k]) - shift)
         oi_flat = out[i].reshape(M * N)
         for j in range(NP):
             n0 = j * NR
