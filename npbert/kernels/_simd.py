@@ -63,6 +63,7 @@ def microkernel_numba(a16, a_off, lda, wp, w_off, npairs, out, o_off, ldo):
 # int32 values); the x86 backend matches it to vpmaddwd, which is exact for these operands (see
 # gemm.py). Eight <8 x i32> accumulators live in registers (allocas promoted by SROA).
 
+from llvmlite import binding as llvm_binding  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
@@ -306,14 +307,13 @@ def _target_has(feature: str) -> bool:
     if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES:
         return f"+{feature}" in feats
     try:
-        from llvmlite import binding as llvm_binding
-
         return bool(llvm_binding.get_host_cpu_features().get(feature, False))
     except Exception:  # pragma: no cover - feature query unavailable: stay on the portable kernel
         return False
 
 
 HAVE_U8S7 = _target_has("avx2")
+_LLVM_MAJOR = llvm_binding.llvm_version_info[0]  # (vpdpbusd's declared operand types changed in 22)
 # The quad loop's instruction. VNNI's vpdpbusd adds the four uint8 x int8 products of each 32-bit lane
 # to its int32 accumulator without an int16 intermediate, so it cannot saturate; the panels keep their
 # fixes (w = panel + fix is an identity), and every path returns the same exact int32 sums (wrapping
@@ -385,35 +385,46 @@ def _quad_loop(context, builder, signature, args):
     return [builder.sub(builder.load(acc), cv[i % 2]) for i, acc in enumerate(accs)]
 
 
-def _quad_sums_vnni512(builder, rows, w_base, nq_v):
-    """The k-quad loop on AVX512-VNNI: per quad, the panel's 64 bytes (16 columns x 4 k) are one zmm and
-    each row's 4 activation bytes one 32-bit broadcast, so a row costs one vpdpbusd. Even and odd quads
-    go to separate accumulators (8 zmm chains instead of 4: the instruction's latency would otherwise
-    bound the loop) that are added at the end (int32 adds wrap, so the order cannot change the sum).
-    Returns the eight <8 x i32> accumulator allocas (row r, half h at 2r + h)."""
+def _zmm_quad_loop(builder, rows, w_bases, nq_v, acc_of):
+    """The vnni512 k-quad loop over len(w_bases) panels: per quad, each panel's 64 bytes (16 columns x
+    4 k) are one zmm and each row's 4 activation bytes one 32-bit broadcast shared by the panels, so a
+    row and panel cost one vpdpbusd into the <16 x i32> alloca acc_of(parity, panel, row) (parity:
+    the quad's, from _two_quads_per_step)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    v64i8, v16i32, v8i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+    v64i8 = ir.VectorType(i8, 64)
     vpdpbusd = _vnni_dot(builder, 16)
-    zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(MR)] for _ in range(2)]
 
     def quad_step(q, parity):
-        wq = builder.load(builder.bitcast(builder.gep(w_base, [builder.mul(q, ir.Constant(i64, 64))]),
-                                          v64i8.as_pointer()), align=1)
+        q64 = builder.mul(q, ir.Constant(i64, 64))
+        wv = [builder.load(builder.bitcast(builder.gep(wb, [q64]), v64i8.as_pointer()), align=1) for wb in w_bases]
         q4 = builder.shl(q, ir.Constant(i64, 2))
-        for r in range(MR):
-            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
+        for r, row in enumerate(rows):
+            quad = builder.load(builder.bitcast(builder.gep(row, [q4]), i32.as_pointer()), align=1)
             b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
-            acc = zaccs[parity][r]
-            builder.store(vpdpbusd(builder.load(acc), b8, wq), acc)
+            for p, w in enumerate(wv):
+                acc = acc_of(parity, p, r)
+                builder.store(vpdpbusd(builder.load(acc), b8, w), acc)
 
     _two_quads_per_step(builder, nq_v, quad_step)
-    accs = []
-    lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
-    for r in range(MR):
-        z = builder.add(builder.load(zaccs[0][r]), builder.load(zaccs[1][r]))
-        for h in range(2):
-            accs.append(cgutils.alloca_once_value(builder, builder.shuffle_vector(z, z, lanes[h])))
-    return accs
+
+
+def _halves(builder, z):
+    """A <16 x T> vector as its two <8 x T> halves (columns 0-7, 8-15 of a panel row)."""
+    i32 = ir.IntType(32)
+    return [builder.shuffle_vector(z, z, ir.Constant(ir.VectorType(i32, 8), [8 * h + t for t in range(8)]))
+            for h in range(2)]
+
+
+def _quad_sums_vnni512(builder, rows, w_base, nq_v):
+    """The k-quad loop on AVX512-VNNI (_zmm_quad_loop on one panel). Even and odd quads go to separate
+    accumulators (8 zmm chains instead of 4: the instruction's latency would otherwise bound the loop)
+    that are added at the end (int32 adds wrap, so the order cannot change the sum). Returns the eight
+    <8 x i32> accumulator allocas (row r, half h at 2r + h)."""
+    v16i32 = ir.VectorType(ir.IntType(32), 16)
+    zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(MR)] for _ in range(2)]
+    _zmm_quad_loop(builder, rows, [w_base], nq_v, lambda parity, p, r: zaccs[parity][r])
+    return [cgutils.alloca_once_value(builder, half) for r in range(MR)
+            for half in _halves(builder, builder.add(builder.load(zaccs[0][r]), builder.load(zaccs[1][r])))]
 
 
 def _quad_sums_avx2(builder, rows, w_base, nq_v):
@@ -452,11 +463,9 @@ def _vnni_dot(builder, lanes: int):
     """vpdpbusd on <lanes x i32> (8: ymm, 16: zmm) as a function (acc, a bytes uint8, w bytes int8) ->
     acc + the four-product sums per lane. LLVM 22 declares the intrinsic on byte vectors; earlier
     releases on <lanes x i32> (the same bits: the operands are bitcast)."""
-    from llvmlite import binding
-
     i8, i32 = ir.IntType(8), ir.IntType(32)
     vi32, vi8 = ir.VectorType(i32, lanes), ir.VectorType(i8, 4 * lanes)
-    opnd = vi8 if binding.llvm_version_info[0] >= 22 else vi32
+    opnd = vi8 if _LLVM_MAJOR >= 22 else vi32
     name = "llvm.x86.avx512.vpdpbusd.%d" % (32 * lanes)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi32, [vi32, opnd, opnd]), name)
     return lambda acc, a, w: builder.call(fn, [acc, builder.bitcast(a, opnd), builder.bitcast(w, opnd)])
@@ -595,38 +604,19 @@ def _two_panel_sums_vnni512(context, builder, signature, args, nrows=MR):
     bound the one-panel loop on L1-resident operands). No fixes (VNNI panels have none). Returns the
     sixteen <8 x i32> tiles minus the corrections, panel p's (row r, half h) at 8p + 2r + h."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    v64i8, v16i32, v8i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16), ir.VectorType(i32, 8)
-    vpdpbusd = _vnni_dot(builder, 16)
+    v16i32, v8i32 = ir.VectorType(i32, 16), ir.VectorType(i32, 8)
     arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
     a_base = builder.gep(builder.bitcast(arr(0).data, i8.as_pointer()), [args[1]])
     w_data = builder.bitcast(arr(3).data, i8.as_pointer())
     w_bases = [builder.gep(w_data, [args[4]]), builder.gep(w_data, [args[5]])]
     rows = [builder.gep(a_base, [builder.mul(args[2], ir.Constant(i64, r))]) for r in range(nrows)]
     zaccs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(nrows)] for _ in range(2)]
-
-    def quad_step(q, _parity):
-        q64 = builder.mul(q, ir.Constant(i64, 64))
-        wq = [builder.load(builder.bitcast(builder.gep(wb, [q64]), v64i8.as_pointer()), align=1) for wb in w_bases]
-        q4 = builder.shl(q, ir.Constant(i64, 2))
-        for r in range(nrows):
-            quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
-            b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
-            for p in range(2):
-                acc = zaccs[p][r]
-                builder.store(vpdpbusd(builder.load(acc), b8, wq[p]), acc)
-
-    _two_quads_per_step(builder, args[6], quad_step)
+    _zmm_quad_loop(builder, rows, w_bases, args[6], lambda _parity, p, r: zaccs[p][r])  # one chain per panel
     c_base = builder.gep(builder.bitcast(arr(7).data, i32.as_pointer()), [args[8]])
     cv = [builder.load(builder.bitcast(builder.gep(c_base, [ir.Constant(i64, 8 * i)]), v8i32.as_pointer()), align=4)
           for i in range(4)]  # corr[c_off : c_off + 32] in four <8 x i32>
-    lanes = [ir.Constant(v8i32, [8 * h + t for t in range(8)]) for h in range(2)]
-    tiles = []
-    for p in range(2):
-        for r in range(nrows):
-            z = builder.load(zaccs[p][r])
-            for h in range(2):
-                tiles.append(builder.sub(builder.shuffle_vector(z, z, lanes[h]), cv[2 * p + h]))
-    return tiles
+    return [builder.sub(half, cv[2 * p + h]) for p in range(2) for r in range(nrows)
+            for h, half in enumerate(_halves(builder, builder.load(zaccs[p][r])))]
 
 
 def _quads2_typer(a8, wq, corr, rs, ws, bs, dst):
@@ -665,12 +655,9 @@ def _grouped_vnni512_codegen(panels: int):
     panels j and j+1 as a 4 x 32 tile, each row's broadcast shared; ws, bs [32])."""
 
     def codegen(context, builder, signature, args):
-        i8, i32, i64, f32, f64 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType(), ir.DoubleType()
-        v64i8, v16i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 16)
-        v16f64, v16f32 = ir.VectorType(f64, 16), ir.VectorType(f32, 16)
-        mod = builder.module
-        vpdpbusd = _vnni_dot(builder, 16)
-        fma = cgutils.get_or_insert_function(mod, ir.FunctionType(v16f64, [v16f64] * 3), "llvm.fma.v16f64")
+        i8, i32, i64, f64 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.DoubleType()
+        v16i32, v16f64 = ir.VectorType(i32, 16), ir.VectorType(f64, 16)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f64, [v16f64] * 3), "llvm.fma.v16f64")
         arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k])  # noqa: E731
         ptr = lambda k, t: builder.bitcast(arr(k).data, t.as_pointer())  # noqa: E731
         a_tile = builder.gep(ptr(0, i8), [args[1]])
@@ -693,19 +680,7 @@ def _grouped_vnni512_codegen(panels: int):
             for par in range(2):
                 for r in range(MR):
                     builder.store(ir.Constant(v16i32, None), zaccs[par][r])
-
-            def quad_step(q, parity):
-                q64 = builder.mul(q, ir.Constant(i64, 64))
-                wv = [builder.load(builder.bitcast(builder.gep(wb, [q64]), v64i8.as_pointer()), align=1) for wb in w_bases]
-                q4 = builder.shl(q, ir.Constant(i64, 2))
-                for r in range(MR):
-                    quad = builder.load(builder.bitcast(builder.gep(rows[r], [q4]), i32.as_pointer()), align=1)
-                    b8 = builder.bitcast(_splat(builder, quad, 16), v64i8)
-                    for p in range(panels):
-                        acc = zaccs[parity if panels == 1 else p][r]
-                        builder.store(vpdpbusd(builder.load(acc), b8, wv[p]), acc)
-
-            _two_quads_per_step(builder, kq, quad_step)
+            _zmm_quad_loop(builder, rows, w_bases, kq, lambda parity, p, r: zaccs[parity if panels == 1 else p][r])
             sv = _splat(builder, builder.load(builder.gep(sc_p, [g])), 16)
             for p in range(panels):
                 c_off = builder.mul(builder.add(builder.add(builder.mul(g, np_v), j_v), ir.Constant(i64, p)),
@@ -716,15 +691,9 @@ def _grouped_vnni512_codegen(panels: int):
                                                                                    builder.load(zaccs[1][r]))
                     y = ys[p][r]
                     builder.store(builder.call(fma, [builder.sitofp(builder.sub(z, cv), v16f64), sv, builder.load(y)]), y)
-        d_base = builder.gep(ptr(13, f32), [args[14]])
-        for p in range(panels):
-            col = ir.Constant(i64, NR * p)
-            ws_v = builder.load(builder.bitcast(builder.gep(ptr(11, f32), [col]), v16f32.as_pointer()), align=4)
-            bs_v = builder.load(builder.bitcast(builder.gep(ptr(12, f32), [col]), v16f32.as_pointer()), align=4)
-            for r in range(MR):  # float32 multiply then add, each rounded once (as _finish_rows)
-                f = builder.fadd(builder.fmul(builder.fptrunc(builder.load(ys[p][r]), v16f32), ws_v), bs_v)
-                row = builder.gep(d_base, [builder.add(builder.mul(args[15], ir.Constant(i64, r)), col)])
-                builder.store(f, builder.bitcast(row, v16f32.as_pointer()), align=4)
+        for p in range(panels):  # ws, bs, dst, d_off, ldd = args[11:16]
+            vals = [half for r in range(MR) for half in _halves(builder, builder.load(ys[p][r]))]
+            _finish_rows(context, builder, signature, args, vals, 11, NR * p)
         return context.get_dummy_value()
 
     return codegen

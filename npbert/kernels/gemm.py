@@ -370,19 +370,20 @@ def _widen(a, c0, c1, zp, mpad, lda, out):
 
 
 @njit
-def _pack_panels(b, kp, out):
-    """b [N, K] int8 (any strides: a transposed view packs without a copy) -> out int16 flat
-    [NP*kp*2*NR], the PackedInt8Weight.panels layout."""
+def _pack_panels(b, ng, per, out):
+    """b [N, K] int8 (any strides: a transposed view packs without a copy) -> out flat [NP*ng*per*NR],
+    the PackedInt8Weight.panels layout in groups of `per` k values: int16 pairs (per 2) for the pair
+    kernel, int8 quads (per 4, no fixes: VNNI only) for the quad kernel; zero padded."""
     N, K = b.shape
     NP = (N + NR - 1) // NR
     for j in range(NP):
-        for p in range(kp):
-            o = (j * kp + p) * 2 * NR
+        for p in range(ng):
+            o = (j * ng + p) * per * NR
             for c in range(NR):
                 n = j * NR + c
-                for t in range(2):
-                    k = 2 * p + t
-                    out[o + 2 * c + t] = b[n, k] if (n < N and k < K) else 0
+                for t in range(per):
+                    k = per * p + t
+                    out[o + per * c + t] = b[n, k] if (n < N and k < K) else 0
 
 
 @njit
@@ -439,22 +440,6 @@ def _signed_codes_ov(a):
 
 
 @njit
-def _pack_quads(b, kq, out):
-    """b [N, K] int8 (any strides: a transposed view packs without a copy) -> out int8 flat
-    [NP*kq*4*NR], PackedInt8Weight's quad panels without fixes (for VNNI only), zero padded."""
-    N, K = b.shape
-    NP = (N + NR - 1) // NR
-    for j in range(NP):
-        for q in range(kq):
-            o = (j * kq + q) * 4 * NR
-            for c in range(NR):
-                n = j * NR + c
-                for t in range(4):
-                    k = 4 * q + t
-                    out[o + 4 * c + t] = b[n, k] if (n < N and k < K) else 0
-
-
-@njit
 def _pack_quads_rows(bi, kq, wq, sums):
     """_pack_quads for rows of whole k-quads and whole panels (K % 4 == 0, N % 16 == 0: Q K^T's K codes),
     each 4-byte quad copied as one int32 word, and sums[n] = sum_k bi[n, k] (int32).
@@ -499,7 +484,7 @@ def _bgemm_quads_core(a, zp, b, b_kn, out):
             _pack_quads_rows(b[i], kq, wq, corr)
         else:
             bi = b[i].T if b_kn else b[i]  # [N, K]
-            _pack_quads(bi, kq, wq)
+            _pack_panels(bi, kq, 4, wq)
             for n in range(N):
                 sn = np.int32(0)
                 for k in range(K):
@@ -519,19 +504,7 @@ def _bgemm_quads_core(a, zp, b, b_kn, out):
                     dst[k] = np.uint8(np.int32(src[k]) - shift)
         oi_flat = out[i].reshape(M * N)
         for j in range(NP):
-            n0 = j * NR
-            nn = min(NR, N - n0)
-            for i0 in range(0, M, MR):
-                mm = min(MR, M - i0)
-                if mm == MR and nn == NR:
-                    _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, _NO_FIX, _NO_FIX,
-                                         _NO_FIX, 0, 0, oi_flat, i0 * N + n0, N)
-                    continue
-                _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, _NO_FIX, _NO_FIX, _NO_FIX,
-                                     0, 0, tile, 0, NR)
-                for r in range(mm):
-                    for c in range(nn):
-                        oi_flat[(i0 + r) * N + n0 + c] = tile[r * NR + c]
+            _quads_panel(a8, lda, M, wq, kq, N, corr, 0, 0, _NO_FIX, _NO_FIX, _NO_FIX, oi_flat, j, tile)
 
 
 @njit
@@ -562,9 +535,9 @@ def _bgemm_pairs_core(a, zp, b, b_kn, out):
         for k in range(M * lda, mpad * lda):
             a16[k] = 0
         if b_kn:
-            _pack_panels(b[i].T, kp, wp)  # b[i] [K, N]: packed through its transposed view
+            _pack_panels(b[i].T, kp, 2, wp)  # b[i] [K, N]: packed through its transposed view
         else:
-            _pack_panels(b[i], kp, wp)
+            _pack_panels(b[i], kp, 2, wp)
         oi = out[i]
         oi_flat = oi.reshape(M * N)
         for j in range(NP):
@@ -588,11 +561,11 @@ def _widen_grouped(a, bounds, zps, aoff, mpad, lda, out):
 
 
 @njit
-def _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn):
-    """Column panel n0..n0+nn's W scales and biases as float32 [16] each; without them 1.0 and -0.0,
-    the exact identities of * and + (padding columns get them too)."""
-    ws = np.ones(NR, dtype=np.float32)
-    bs = np.full(NR, -0.0, dtype=np.float32)
+def _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, n0, nn, width=NR):
+    """Columns n0..n0+nn's W scales and biases as float32 [width] each (one panel, or two for the
+    4 x 32 tiles); without them 1.0 and -0.0, the exact identities of * and + (padding columns too)."""
+    ws = np.ones(width, dtype=np.float32)
+    bs = np.full(width, -0.0, dtype=np.float32)
     for c in range(nn):
         if has_w_scale:
             ws[c] = w_scale[n0 + c]
@@ -667,20 +640,13 @@ def _grouped_vnni512_panels(a8, lda, m, aoff, wq, woff, kqs, corr, fix_start, fi
         ya = np.empty(MR * NR, dtype=np.float64)
         yb = np.empty(MR * NR, dtype=np.float64)
         j = 2 * jj
-        mfull = m - m % MR
+        first_row = 0
         if j + 1 < NP and (j + 2) * NR <= n and _no_fixes(fix_start, j, j + 2):
-            ws = np.ones(2 * NR, dtype=np.float32)
-            bs = np.full(2 * NR, -0.0, dtype=np.float32)
-            if has_w_scale:
-                ws[:] = w_scale[j * NR:(j + 2) * NR]
-            if has_bias:
-                bs[:] = bias[j * NR:(j + 2) * NR]
-            for i0 in range(0, mfull, MR):
+            ws, bs = _panel_scale_bias(w_scale, has_w_scale, bias, has_bias, j * NR, 2 * NR, 2 * NR)
+            first_row = m - m % MR  # the pair's last rows: panel by panel below
+            for i0 in range(0, first_row, MR):
                 _microkernel_grouped2_vnni512_ir(a8, i0 * lda, lda, wq, woff, j, kqs, aoff, corr, NP, scales, ws, bs,
                                                  out_flat, i0 * n + j * NR, n)
-            first_row = mfull  # the pair's last rows: panel by panel below
-        else:
-            first_row = 0
         for jp in range(j, min(j + 2, NP)):
             n0 = jp * NR
             nn = min(NR, n - n0)
@@ -791,6 +757,25 @@ def _axpy_rows(y, s, acc):
             y[m, n] += s * np.float64(acc[m, n])
 
 
+@njit
+def _quads_panel(a8, lda, m, wq, kq, n, corr, f0, f1, fix_c, fix_k, fix_v, out_flat, j, tile):
+    """Panel j of an int32 quad GEMM: its 4 x 16 tiles straight into out_flat [m*n], edge tiles through
+    tile (int32 [64]); fixes f0:f1 added in the micro-kernel's registers."""
+    n0 = j * NR
+    nn = min(NR, n - n0)
+    for i0 in range(0, m, MR):
+        mm = min(MR, m - i0)
+        if mm == MR and nn == NR:
+            _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v, f0, f1,
+                                 out_flat, i0 * n + n0, n)
+            continue
+        _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v, f0, f1,
+                             tile, 0, NR)
+        for r in range(mm):
+            for c in range(nn):
+                out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
+
+
 @jit(parallel=True)
 def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, out_flat):
     """out[m, n] = a8[:m] @ W.T - corr over kq k-quads (u8 x s8 micro-kernel on the safe panels), panel
@@ -799,20 +784,8 @@ def _gemm_quads_core(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v
     NP = (n + NR - 1) // NR
     for j in prange(NP):
         tile = np.empty(MR * NR, dtype=np.int32)
-        n0 = j * NR
-        nn = min(NR, n - n0)
-        f0, f1 = fix_start[j], fix_start[j + 1]
-        for i0 in range(0, m, MR):
-            mm = min(MR, m - i0)
-            if mm == MR and nn == NR:
-                _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v, f0, f1,
-                                     out_flat, i0 * n + n0, n)
-                continue
-            _microkernel_u8s7_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v, f0, f1,
-                                 tile, 0, NR)
-            for r in range(mm):
-                for c in range(nn):
-                    out_flat[(i0 + r) * n + n0 + c] = tile[r * NR + c]
+        _quads_panel(a8, lda, m, wq, kq, n, corr, fix_start[j], fix_start[j + 1], fix_c, fix_k, fix_v, out_flat, j,
+                     tile)
 
 
 # vnni512: the dequantizing GEMM runs pairs of whole panels as 4 x 32 tiles (_microkernel_quads2_dequant_ir).
@@ -822,13 +795,13 @@ TWO_PANELS = QUAD_ISA == "vnni512"
 
 @njit
 def _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias, out_flat,
-                   j, yf):
-    """Panel j of _gemm_quads_dequant_core: its 4 x 16 tiles, edge tiles through yf."""
+                   j, yf, first_row):
+    """Panel j of _gemm_quads_dequant_core from row first_row on: its 4 x 16 tiles, edge tiles through yf."""
     n0 = j * NR
     nn = min(NR, n - n0)
     f0, f1 = fix_start[j], fix_start[j + 1]
     ws, bs = _panel_scale_bias(w_scale, True, bias, has_bias, n0, nn)
-    for i0 in range(0, m, MR):
+    for i0 in range(first_row, m, MR):
         mm = min(MR, m - i0)
         if mm == MR and nn == NR:
             _microkernel_quads_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, kq, corr, n0, fix_c, fix_k, fix_v,
@@ -861,7 +834,7 @@ def _dequant_panels(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v,
     for j in prange(NP):
         yf = np.empty(MR * NR, dtype=np.float32)
         _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
-                       out_flat, j, yf)
+                       out_flat, j, yf, 0)
 
 
 @jit(parallel=True)
@@ -874,31 +847,21 @@ def _dequant_panel_pairs(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, f
     for jj in prange((NP + 1) // 2):
         yf = np.empty(MR * NR, dtype=np.float32)
         j = 2 * jj
+        first_row = 0
         if j + 1 < NP and (j + 2) * NR <= n and fix_start[j] == fix_start[j + 2]:
             n0 = j * NR
-            ws = np.empty(2 * NR, dtype=np.float32)
-            bs = np.full(2 * NR, -0.0, dtype=np.float32)  # (x + -0.0 == x: no bias)
-            ws[:] = w_scale[n0:n0 + 2 * NR]
-            if has_bias:
-                bs[:] = bias[n0:n0 + 2 * NR]
-            mfull = m - m % MR
+            ws, bs = _panel_scale_bias(w_scale, True, bias, has_bias, n0, 2 * NR, 2 * NR)
+            first_row = m - m % MR  # the pair's last rows: panel by panel below
             m8 = m - m % (2 * MR)
             for i0 in range(0, m8, 2 * MR):  # 8 x 32 tiles, then a 4 x 32 one
                 _microkernel_quads2x8_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, (j + 1) * kq * 4 * NR, kq,
                                                  corr, n0, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
-            for i0 in range(m8, mfull, MR):
+            for i0 in range(m8, first_row, MR):
                 _microkernel_quads2_dequant_ir(a8, i0 * lda, lda, wq, j * kq * 4 * NR, (j + 1) * kq * 4 * NR, kq, corr,
                                                n0, rs, i0, ws, bs, out_flat, i0 * n + n0, n)
-            if mfull < m:  # the last rows: one panel at a time through the edge tile
-                for jp in range(j, j + 2):
-                    wsp, bsp = _panel_scale_bias(w_scale, True, bias, has_bias, jp * NR, NR)
-                    _microkernel_quads_dequant_ir(a8, mfull * lda, lda, wq, jp * kq * 4 * NR, kq, corr, jp * NR,
-                                                  fix_c, fix_k, fix_v, 0, 0, rs, mfull, wsp, bsp, yf, 0, NR)
-                    _store_edge(yf, m - mfull, NR, out_flat, mfull * n + jp * NR, n)
-            continue
         for jp in range(j, min(j + 2, NP)):
             _dequant_panel(a8, lda, m, wq, kq, n, corr, fix_start, fix_c, fix_k, fix_v, rs, w_scale, bias, has_bias,
-                           out_flat, jp, yf)
+                           out_flat, jp, yf, first_row)
 
 
 # ---------------------------------------------------------------------------------------- wrappers
